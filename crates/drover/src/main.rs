@@ -1,0 +1,46 @@
+//! `drover`: controller, agent and CLI in one binary.
+
+mod cmd;
+mod exit;
+
+use clap::{Parser, Subcommand};
+
+/// drover: run multi-step operations across fleets of servers, safely.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, propagate_version = true)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "DROVER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the actions this binary offers, or describe one.
+    Actions(cmd::actions::ActionsArgs),
+    /// Run one action on this machine (no controller needed).
+    Exec(cmd::exec::ExecArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let code = match cli.command {
+        Command::Actions(args) => cmd::actions::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+    };
+    code.into()
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
