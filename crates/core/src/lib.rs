@@ -1,1 +1,21 @@
-//! drover-core
+//! drover-core: the pure heart of drover.
+//!
+//! Plan model and validation ([`plan`], [`parse`]), label selectors ([`selector`]), target
+//! resolution and batching ([`resolve`]), the rollout state machine ([`engine`]) and a
+//! virtual-time simulator ([`sim`]). Nothing here does I/O, reads a clock or draws random
+//! numbers: runtimes feed the engine events with the current time and carry out its actions.
+
+pub mod catalog;
+pub mod duration;
+pub mod engine;
+pub mod parse;
+pub mod plan;
+pub mod resolve;
+pub mod selector;
+pub mod sim;
+pub mod template;
+
+pub use catalog::Catalog;
+pub use duration::Dur;
+pub use parse::{Format, PlanError, PlanErrors, check_plan, parse_plan};
+pub use plan::Plan;
