@@ -77,6 +77,10 @@ pub struct SimConfig {
     /// Approve every `pause_after_batches` gate at once.
     pub auto_approve: bool,
     pub job_id: String,
+    /// Operator commands (`Cancel`, `Pause`, `Resume`, `Approve`, `Rollback`) at virtual
+    /// times; one that does not apply at its time is ignored.
+    #[serde(default)]
+    pub operator: Vec<(Millis, Event)>,
     /// Engine settings; the simulator uses no deadline grace so a hung step times out at
     /// its timeout.
     pub engine: EngineConfig,
@@ -92,13 +96,14 @@ impl SimConfig {
             step_times: Vec::new(),
             auto_approve: false,
             job_id: "sim".into(),
+            operator: Vec::new(),
             engine: EngineConfig { deadline_grace_ms: 0, cancel_grace_ms: 1_000 },
         }
     }
 }
 
 /// What a simulation produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SimRun {
     pub report: JobReport,
     pub events: Vec<Progress>,
@@ -107,6 +112,12 @@ pub struct SimRun {
     /// Every event fed to the engine with its time (for replay).
     #[serde(skip)]
     pub journal: Vec<(Event, Millis)>,
+    /// Every rollback the engine asked for: node, step, metadata.
+    #[serde(skip)]
+    pub rollbacks: Vec<(String, usize, serde_json::Value)>,
+    /// The engine state at the end.
+    #[serde(skip)]
+    pub final_state: Job,
 }
 
 /// The most engine events one simulation may process (a bound against runaway plans).
@@ -152,7 +163,11 @@ pub fn simulate(plan: &Plan, cfg: &SimConfig) -> Result<SimRun, PlanErrors> {
     if !errors.is_empty() {
         return Err(PlanErrors(errors));
     }
-    Ok(Sim::new(spec, cfg, faults, fail_rollback, times).run())
+    let mut sim = Sim::new(spec, cfg, faults, fail_rollback, times);
+    for (t, e) in &cfg.operator {
+        sim.at(*t, e.clone());
+    }
+    Ok(sim.run())
 }
 
 struct Sim {
@@ -170,6 +185,7 @@ struct Sim {
     auto_approve: bool,
     events: Vec<Progress>,
     journal: Vec<(Event, Millis)>,
+    rollbacks: Vec<(String, usize, serde_json::Value)>,
 }
 
 impl Sim {
@@ -193,6 +209,7 @@ impl Sim {
             auto_approve: cfg.auto_approve,
             events: Vec::new(),
             journal: Vec::new(),
+            rollbacks: Vec::new(),
         }
     }
 
@@ -235,7 +252,14 @@ impl Sim {
                 break;
             }
         }
-        SimRun { report: self.job.report(), events: self.events, duration_ms: now, journal: self.journal }
+        SimRun {
+            report: self.job.report(),
+            events: self.events,
+            duration_ms: now,
+            journal: self.journal,
+            rollbacks: self.rollbacks,
+            final_state: self.job,
+        }
     }
 
     fn apply(&mut self, actions: Vec<Action>, now: Millis) {
@@ -244,7 +268,8 @@ impl Sim {
                 Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
                     self.dispatch(node, step, attempt, timeout_ms, now)
                 }
-                Action::Rollback { node, step, timeout_ms, .. } => {
+                Action::Rollback { node, step, timeout_ms, metadata, .. } => {
+                    self.rollbacks.push((node.clone(), step, metadata));
                     if self.lost.contains(&node) {
                         continue;
                     }

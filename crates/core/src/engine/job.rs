@@ -335,6 +335,7 @@ impl Job {
             }
             Event::Rollback => {
                 self.pause = None;
+                self.emit(&mut out, now, ProgressKind::RollbackRequested, |p| p.detail = Some("operator".into()));
                 self.begin_stop(Stop::Rollback, now, &mut out);
             }
         }
@@ -675,6 +676,9 @@ impl Job {
             {
                 released.push(i);
             }
+        }
+        if matches!(self.stop, Some(Stop::Cancel | Stop::JobTimeout)) {
+            return; // nothing new starts; nodes at the barrier are being cancelled
         }
         for i in released {
             for &m in &self.spec.batches[b].clone() {
