@@ -40,6 +40,15 @@ impl NodeInfo {
     }
 }
 
+/// Labels of the n-th node (1-based) of a demo fleet, shared by `drover simulate` and
+/// `drover dev` so that example selectors select the same nodes in both: `role=db` on
+/// every third node and `role=web` on the others; `zone=a` on odd nodes, `zone=b` on even.
+pub fn demo_labels(n: usize) -> BTreeMap<String, String> {
+    let role = if n % 3 == 0 { "db" } else { "web" };
+    let zone = if n % 2 == 1 { "a" } else { "b" };
+    [("role".to_string(), role.to_string()), ("zone".to_string(), zone.to_string())].into()
+}
+
 /// A node of a job, frozen at submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetNode {

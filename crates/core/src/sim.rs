@@ -87,10 +87,13 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// `node-1..node-N`, every step 1s, no faults.
+    /// `node-1..node-N` (labelled with [`crate::resolve::demo_labels`]), every step 1s,
+    /// no faults.
     pub fn with_nodes(n: usize) -> SimConfig {
         SimConfig {
-            nodes: (1..=n).map(|i| NodeInfo::new(format!("node-{i}"))).collect(),
+            nodes: (1..=n)
+                .map(|i| NodeInfo { labels: crate::resolve::demo_labels(i), ..NodeInfo::new(format!("node-{i}")) })
+                .collect(),
             faults: Vec::new(),
             step_time: Dur::from_secs(1),
             step_times: Vec::new(),
