@@ -5,6 +5,7 @@
 //! virtual-time simulator ([`sim`]). Nothing here does I/O, reads a clock or draws random
 //! numbers: runtimes feed the engine events with the current time and carry out its actions.
 
+pub mod api;
 pub mod catalog;
 pub mod duration;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod resolve;
 pub mod selector;
 pub mod sim;
 pub mod template;
+pub mod wire;
 
 pub use catalog::Catalog;
 pub use duration::Dur;

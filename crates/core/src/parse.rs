@@ -148,6 +148,7 @@ const ROLLOUT_FIELDS: &[&str] = &[
     "on_budget_exceeded",
     "pause_after_batches",
     "rollback_failed_nodes",
+    "share_nodes",
 ];
 const STEP_FIELDS: &[&str] = &[
     "name",
@@ -301,6 +302,7 @@ impl Walk<'_> {
             self.opt(m, p, "on_budget_exceeded", word(OnBudgetExceeded::parse)).unwrap_or_default();
         let pause_after_batches = self.opt(m, p, "pause_after_batches", batch_numbers).unwrap_or_default();
         let rollback_failed_nodes = self.opt(m, p, "rollback_failed_nodes", boolean).unwrap_or(true);
+        let share_nodes = self.opt(m, p, "share_nodes", boolean).unwrap_or(false);
         if strategy != Strategy::Rolling {
             for f in ["batch", "window"] {
                 if m.contains_key(f) {
@@ -327,6 +329,7 @@ impl Walk<'_> {
             on_budget_exceeded,
             pause_after_batches,
             rollback_failed_nodes,
+            share_nodes,
         })
     }
 

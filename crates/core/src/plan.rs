@@ -115,6 +115,10 @@ pub struct Rollout {
     /// Undo a failed node's own completed steps (default true).
     #[serde(default = "default_true")]
     pub rollback_failed_nodes: bool,
+    /// Run even while another job uses some of the same nodes (default false: the job
+    /// waits until its nodes are free, and says so).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub share_nodes: bool,
 }
 
 impl Default for Rollout {
@@ -128,6 +132,7 @@ impl Default for Rollout {
             on_budget_exceeded: OnBudgetExceeded::default(),
             pause_after_batches: Vec::new(),
             rollback_failed_nodes: true,
+            share_nodes: false,
         }
     }
 }

@@ -1,0 +1,334 @@
+//! What controller and agents say to each other over NATS, and where.
+//!
+//! Plain serde types (JSON on the wire) and subject names; no I/O. See
+//! `docs/architecture.md` for the message flow.
+
+use crate::engine::AttemptOutcome;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "drover";
+
+/// Subject, stream and bucket names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Names::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        Names { prefix: prefix.to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Requests to one node's agent (core NATS request/reply).
+    pub fn command(&self, node: &str) -> String {
+        format!("{}.cmd.{node}", self.prefix)
+    }
+
+    /// Results of one node in one job (stream `results_stream`).
+    pub fn result(&self, job: &str, node: &str) -> String {
+        format!("{}.result.{job}.{node}", self.prefix)
+    }
+
+    /// Every result of one job.
+    pub fn job_results(&self, job: &str) -> String {
+        format!("{}.result.{job}.*", self.prefix)
+    }
+
+    pub fn all_results(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+
+    /// The engine inputs of a job, in order: replaying them rebuilds the job.
+    pub fn job_inputs(&self, job: &str) -> String {
+        format!("{}.event.{job}.in", self.prefix)
+    }
+
+    /// The progress events of a job (what operators watch).
+    pub fn job_progress(&self, job: &str) -> String {
+        format!("{}.event.{job}.progress", self.prefix)
+    }
+
+    pub fn all_events(&self) -> String {
+        format!("{}.event.>", self.prefix)
+    }
+
+    fn upper(&self) -> String {
+        self.prefix.to_ascii_uppercase().replace(['-', '.'], "_")
+    }
+
+    /// Stream of step results, deduplicated by `Nats-Msg-Id` = command key.
+    pub fn results_stream(&self) -> String {
+        format!("{}_RESULTS", self.upper())
+    }
+
+    /// Stream of job journals (inputs and progress).
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.upper())
+    }
+
+    /// KV bucket: node registrations (labels, facts, actions), written at agent start.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.prefix.replace('.', "_"))
+    }
+
+    /// KV bucket: node heartbeats (small, frequent).
+    pub fn heartbeats_bucket(&self) -> String {
+        format!("{}_heartbeats", self.prefix.replace('.', "_"))
+    }
+
+    /// KV bucket: job records (spec and summary).
+    pub fn jobs_bucket(&self) -> String {
+        format!("{}_jobs", self.prefix.replace('.', "_"))
+    }
+}
+
+/// Why a name cannot be a node or job id (it must be one NATS subject token and a KV key).
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{kind} id is empty"));
+    }
+    if id.len() > 128 {
+        return Err(format!("{kind} id \"{id}\" is longer than 128 characters"));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(format!("{kind} id \"{id}\" contains '{c}': use letters, digits, '-' and '_' only"));
+    }
+    Ok(())
+}
+
+/// Run a step, or undo one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Run,
+    Rollback,
+}
+
+/// The identity of one command: exactly-once is keyed on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommandId {
+    pub job: String,
+    pub node: String,
+    pub step: usize,
+    /// Attempt number for `run` (1, 2, ...); 1 for `rollback`.
+    pub attempt: u32,
+    pub kind: CommandKind,
+}
+
+impl CommandId {
+    /// `job/node/step/attempt` for runs, `job/node/step/rollback` for undos: the
+    /// `Nats-Msg-Id` of the result and the agent journal key.
+    pub fn key(&self) -> String {
+        match self.kind {
+            CommandKind::Run => format!("{}/{}/{}/{}", self.job, self.node, self.step, self.attempt),
+            CommandKind::Rollback => format!("{}/{}/{}/rollback", self.job, self.node, self.step),
+        }
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// A command for one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: CommandId,
+    /// Fencing epoch of the job's owner; agents refuse an older epoch than one they saw.
+    pub epoch: u64,
+    /// The step's name, for logs.
+    pub step_name: String,
+    pub action: String,
+    /// Params with templates expanded for this node.
+    pub params: Value,
+    /// For a rollback: the metadata the step's execution returned.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub metadata: Value,
+    /// The agent kills the work after this long.
+    pub timeout_ms: u64,
+    /// Controller clock when issued (for logs only: agents never compare clocks).
+    pub issued_at_ms: u64,
+    /// Room for a signature over the command (authentication comes later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// A request on `cmd.<node>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Run (or undo) a step. Sent again with the same id until acknowledged.
+    Run(Command),
+    /// Cancel a running command (kill its process group).
+    Cancel { id: CommandId, epoch: u64 },
+    /// Are you there? (readiness round trip)
+    Ping,
+}
+
+/// The agent's immediate answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub status: ReplyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    /// New command: journaled, running now.
+    Accepted,
+    /// Seen before: running, or its recorded result was published again.
+    Duplicate,
+    /// Refused (unknown action, policy, stale epoch, draining...); the reason says why.
+    /// A result with the refusal is published too.
+    Rejected,
+    /// Cancel delivered to a running command.
+    Cancelling,
+    /// Cancel for a command that is not running (finished or unknown).
+    NotRunning,
+    /// Answer to `Ping`.
+    Pong,
+}
+
+/// The end of a command, published on `result.<job>.<node>` with `Nats-Msg-Id` = the
+/// command key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub id: CommandId,
+    /// For a rollback, `succeeded` means undone.
+    pub outcome: AttemptOutcome,
+    #[serde(default)]
+    pub changed: bool,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Output was cut at the agent's cap.
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What undoing the step needs (rollback metadata).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub metadata: Value,
+    /// Agent clock at the end (for display).
+    #[serde(default)]
+    pub finished_at_ms: u64,
+}
+
+/// An action as a node offers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionOffer {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub params_schema: Value,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// Facts an agent reports about its machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub started_at_ms: u64,
+}
+
+/// A node's registration (bucket `nodes`), written when its agent starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub facts: NodeFacts,
+    pub actions: Vec<ActionOffer>,
+    /// How often the agent heartbeats.
+    pub heartbeat_ms: u64,
+}
+
+/// A heartbeat (bucket `heartbeats`), written every `heartbeat_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: String,
+    pub status: AgentStatus,
+    /// Agent clock (the controller uses its own receive time for liveness).
+    pub at_ms: u64,
+    /// Keys of commands running now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Online,
+    /// Finishing its running work; takes no new command.
+    Draining,
+    /// Stopped cleanly.
+    Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_subjects() {
+        let id = CommandId { job: "j1".into(), node: "web-1".into(), step: 2, attempt: 3, kind: CommandKind::Run };
+        assert_eq!(id.key(), "j1/web-1/2/3");
+        let rb = CommandId { kind: CommandKind::Rollback, attempt: 1, ..id };
+        assert_eq!(rb.key(), "j1/web-1/2/rollback");
+        let n = Names::default();
+        assert_eq!(n.command("web-1"), "drover.cmd.web-1");
+        assert_eq!(n.result("j1", "web-1"), "drover.result.j1.web-1");
+        assert_eq!(n.results_stream(), "DROVER_RESULTS");
+        assert_eq!(n.jobs_bucket(), "drover_jobs");
+    }
+
+    #[test]
+    fn ids_must_be_one_subject_token() {
+        assert!(check_id("node", "web-01").is_ok());
+        assert!(check_id("node", "web.example.com").unwrap_err().contains("contains '.'"));
+        assert!(check_id("node", "a*").is_err());
+        assert!(check_id("node", "").is_err());
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::Cancel {
+            id: CommandId { job: "j".into(), node: "n".into(), step: 0, attempt: 1, kind: CommandKind::Run },
+            epoch: 1,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.starts_with("{\"type\":\"cancel\""), "{s}");
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+    }
+}
