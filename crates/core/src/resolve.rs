@@ -44,8 +44,8 @@ impl NodeInfo {
 /// `drover dev` so that example selectors select the same nodes in both: `role=db` on
 /// every third node and `role=web` on the others; `zone=a` on odd nodes, `zone=b` on even.
 pub fn demo_labels(n: usize) -> BTreeMap<String, String> {
-    let role = if n % 3 == 0 { "db" } else { "web" };
-    let zone = if n % 2 == 1 { "a" } else { "b" };
+    let role = if n.is_multiple_of(3) { "db" } else { "web" };
+    let zone = if n.is_multiple_of(2) { "b" } else { "a" };
     [("role".to_string(), role.to_string()), ("zone".to_string(), zone.to_string())].into()
 }
 

@@ -2,6 +2,8 @@
 
 mod cmd;
 mod exit;
+mod output;
+mod plan_input;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,12 @@ enum Command {
     Actions(cmd::actions::ActionsArgs),
     /// Run one action on this machine (no controller needed).
     Exec(cmd::exec::ExecArgs),
+    /// Print a JSON Schema (the plan format).
+    Schema(cmd::schema::SchemaArgs),
+    /// Run a plan on a simulated fleet in virtual time and show what would happen.
+    Simulate(cmd::simulate::SimulateArgs),
+    /// Check a plan (fields, durations, selectors, actions and their params) without running it.
+    Validate(cmd::validate::ValidateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +38,9 @@ fn main() -> std::process::ExitCode {
     let code = match cli.command {
         Command::Actions(args) => cmd::actions::run(args),
         Command::Exec(args) => cmd::exec::run(args),
+        Command::Schema(args) => cmd::schema::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
     };
     code.into()
 }

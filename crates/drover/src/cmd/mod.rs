@@ -2,3 +2,6 @@
 
 pub mod actions;
 pub mod exec;
+pub mod schema;
+pub mod simulate;
+pub mod validate;

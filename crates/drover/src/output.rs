@@ -1,0 +1,31 @@
+//! Output formats shared by the commands: `-o table|json|yaml`.
+
+use serde::Serialize;
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text and tables.
+    #[default]
+    #[value(alias = "text")]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Print `value` as pretty JSON or YAML on stdout.
+pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+/// A plain table with a header row, no borders.
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header(header.to_vec());
+    t
+}
