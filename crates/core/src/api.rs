@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// A job: the engine's report plus what the controller knows around it.
 /// `POST /v1/jobs` (201) and `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobView {
     #[serde(flatten)]
     pub report: JobReport,
@@ -24,7 +24,7 @@ pub struct JobView {
 }
 
 /// One line of `GET /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobSummary {
     pub id: String,
     pub name: String,
@@ -61,7 +61,7 @@ impl JobSummary {
 }
 
 /// `GET /v1/jobs?status=&limit=&after=`: newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobList {
     pub jobs: Vec<JobSummary>,
     /// Pass as `after` for the next page.
@@ -70,7 +70,7 @@ pub struct JobList {
 }
 
 /// `POST /v1/jobs?dry_run=true` and `drover plan`: what a plan would do, nothing run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlanPreview {
     pub name: String,
     /// Targets in dispatch order.
@@ -88,7 +88,7 @@ pub struct PlanPreview {
 }
 
 /// `GET /v1/jobs/{id}/nodes/{node}`: a node's steps with every result and its output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeDetail {
     pub job_id: String,
     pub node: String,
@@ -99,7 +99,7 @@ pub struct NodeDetail {
     pub steps: Vec<StepDetail>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepDetail {
     pub name: String,
     pub action: String,
@@ -110,7 +110,7 @@ pub struct StepDetail {
 }
 
 /// A node as `GET /v1/nodes` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeView {
     pub id: String,
     pub labels: BTreeMap<String, String>,
@@ -130,13 +130,13 @@ pub struct NodeView {
 }
 
 /// `GET /v1/nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeView>,
 }
 
 /// Every error body: `{error, details}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiError {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -144,7 +144,7 @@ pub struct ApiError {
 }
 
 /// `POST /v1/jobs/{id}/{cancel|pause|resume|approve|rollback}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OperatorReply {
     pub job_id: String,
     pub accepted: String,
@@ -152,7 +152,7 @@ pub struct OperatorReply {
 }
 
 /// `GET /v1/health` and `/v1/ready`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,8 +27,9 @@ impl Dur {
         std::time::Duration::from_millis(self.0)
     }
 
-    /// Parse `500ms`, `30s`, `5m`, `1h30m`, `2h 5m`. A bare `0` is accepted; any other
-    /// bare number is rejected because its unit would be a guess.
+    /// Parse `500ms`, `30s`, `5m`, `1h30m`, `2d`, `1h 30m`: whole numbers with the units
+    /// `ms`, `s`, `m`, `h`, `d`. A bare `0` is accepted; any other bare number is rejected
+    /// because its unit would be a guess.
     pub fn parse(text: &str) -> Result<Dur, String> {
         let t = text.trim();
         if t.is_empty() {
@@ -40,13 +41,33 @@ impl Dur {
         if t.chars().all(|c| c.is_ascii_digit()) {
             return Err(format!("\"{t}\" has no unit; write e.g. \"{t}s\" or \"{t}ms\""));
         }
-        let d = humantime::parse_duration(t)
-            .map_err(|e| format!("\"{t}\" is not a duration ({e}); use e.g. 500ms, 30s, 5m, 1h30m"))?;
-        if d.subsec_nanos() % 1_000_000 != 0 {
-            return Err(format!("\"{t}\" is finer than a millisecond"));
+        let bad = || {
+            format!("\"{t}\" is not a duration: use whole numbers with ms, s, m, h or d, e.g. 500ms, 30s, 5m, 1h30m")
+        };
+        let mut total: u64 = 0;
+        let mut rest = t;
+        while !rest.is_empty() {
+            rest = rest.trim_start();
+            let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 {
+                return Err(bad());
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = rest[digits..].trim_start();
+            let unit = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
+            let per = match &rest[..unit] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(bad()),
+            };
+            total =
+                n.checked_mul(per).and_then(|x| total.checked_add(x)).ok_or_else(|| format!("\"{t}\" is too long"))?;
+            rest = &rest[unit..];
         }
-        let ms = u64::try_from(d.as_millis()).map_err(|_| format!("\"{t}\" is too long"))?;
-        Ok(Dur(ms))
+        Ok(Dur(total))
     }
 }
 
@@ -77,18 +98,26 @@ impl JsonSchema for Dur {
         schemars::json_schema!({
             "type": "string",
             "description": "A duration in human form: 500ms, 30s, 5m, 1h30m.",
-            "pattern": "^(0|([0-9]+ *(ms|s|m|h|d) *)+)$",
+            "pattern": "^ *(0|([0-9]+ *(ms|s|m|h|d) *)+)$",
             "examples": ["500ms", "30s", "5m", "1h30m"]
         })
     }
 }
 
-/// `1h30m`, `500ms`, `2s` without spaces (humantime puts spaces between units).
+/// `1h30m`, `500ms`, `2d3h`: the largest units first, no spaces.
 fn compact(d: Dur) -> String {
     if d.0 == 0 {
         return "0s".into();
     }
-    humantime::format_duration(d.as_std()).to_string().replace(' ', "")
+    let mut left = d.0;
+    let mut out = String::new();
+    for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        if left >= per {
+            out.push_str(&format!("{}{unit}", left / per));
+            left %= per;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -110,11 +139,17 @@ mod tests {
         assert!(Dur::parse("5").unwrap_err().contains("no unit"));
         assert!(Dur::parse("5x").is_err());
         assert!(Dur::parse("-1s").is_err());
+        assert!(Dur::parse("1.5s").is_err());
+        assert!(Dur::parse("1min").is_err());
+        assert!(Dur::parse("1month").is_err());
+        assert!(Dur::parse("10ns").is_err());
+        assert_eq!(Dur::parse("1h 30m"), Ok(Dur(5_400_000)));
+        assert_eq!(Dur::parse("2d"), Ok(Dur(172_800_000)));
     }
 
     #[test]
     fn round_trips_compactly() {
-        for s in ["500ms", "30s", "5m", "1h30m", "0s"] {
+        for s in ["500ms", "30s", "5m", "1h30m", "0s", "2d", "1d2h3m4s5ms"] {
             let d = Dur::parse(s).unwrap();
             assert_eq!(compact(d), s);
         }

@@ -290,7 +290,10 @@ impl Size {
                 Some(c) => u32::try_from(c).map(Size::Count).map_err(|_| format!("{c} is too large")),
                 None => Err(format!("{n} is not a whole positive number")),
             },
-            Value::String(s) => Size::parse(s),
+            Value::String(s) if s.trim().ends_with('%') => Size::parse(s),
+            Value::String(s) => {
+                Err(format!("\"{s}\" is a string: write a count as a number (5) or a percentage as \"20%\""))
+            }
             other => Err(format!("expected a count or a percentage like \"20%\", got {}", kind(other))),
         }
     }
@@ -474,9 +477,6 @@ impl Budget {
             },
             Value::String(s) => {
                 let t = s.trim();
-                if t == "-1" {
-                    return Ok(Budget::Unlimited);
-                }
                 if let Some(p) = t.strip_suffix('%') {
                     let pct: f64 = p.trim().parse().map_err(|_| format!("\"{s}\" is not a percentage"))?;
                     if !pct.is_finite() || !(0.0..=100.0).contains(&pct) {
@@ -484,10 +484,9 @@ impl Budget {
                     }
                     return Ok(Budget::Percent(pct));
                 }
-                match t.parse::<u32>() {
-                    Ok(c) => Ok(Budget::Count(c)),
-                    Err(_) => Err(format!("\"{s}\" is not a count, a percentage or -1")),
-                }
+                Err(format!(
+                    "\"{s}\" is a string: write a count as a number (2, or -1 for no budget) or a percentage as \"5%\""
+                ))
             }
             other => Err(format!("expected a count, a percentage or -1, got {}", kind(other))),
         }

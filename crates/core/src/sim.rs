@@ -2,7 +2,7 @@
 //! and records what would happen. Deterministic: the same inputs give the same run.
 
 use crate::duration::Dur;
-use crate::engine::{Action, AttemptOutcome, EngineConfig, Event, Job, JobReport, JobStatus, Millis, Progress};
+use crate::engine::{Action, AttemptOutcome, EngineConfig, Event, Job, JobReport, Millis, Progress};
 use crate::parse::{PlanError, PlanErrors};
 use crate::plan::Plan;
 use crate::resolve::{JobSpec, NodeInfo};
@@ -118,6 +118,8 @@ pub struct SimRun {
     /// Every rollback the engine asked for: node, step, metadata.
     #[serde(skip)]
     pub rollbacks: Vec<(String, usize, serde_json::Value)>,
+    /// Operator commands (`--at`) that did not apply when they came, with why.
+    pub ignored: Vec<(Millis, String)>,
     /// The engine state at the end.
     #[serde(skip)]
     pub final_state: Job,
@@ -167,6 +169,7 @@ pub fn simulate(plan: &Plan, cfg: &SimConfig) -> Result<SimRun, PlanErrors> {
         return Err(PlanErrors(errors));
     }
     let mut sim = Sim::new(spec, cfg, faults, fail_rollback, times);
+    sim.at(0, Event::Start);
     for (t, e) in &cfg.operator {
         sim.at(*t, e.clone());
     }
@@ -189,6 +192,7 @@ struct Sim {
     events: Vec<Progress>,
     journal: Vec<(Event, Millis)>,
     rollbacks: Vec<(String, usize, serde_json::Value)>,
+    ignored: Vec<(Millis, String)>,
 }
 
 impl Sim {
@@ -213,6 +217,7 @@ impl Sim {
             events: Vec::new(),
             journal: Vec::new(),
             rollbacks: Vec::new(),
+            ignored: Vec::new(),
         }
     }
 
@@ -224,17 +229,18 @@ impl Sim {
 
     fn run(mut self) -> SimRun {
         let mut now = 0;
-        self.at(0, Event::Start);
         let mut processed = 0;
         loop {
-            let Some(((t, _), event)) = self.queue.pop_first() else {
-                if self.auto_approve && self.job.status() == JobStatus::Paused {
-                    // Only gates can be approved; a budget or operator pause ends the run.
-                    if self.job.handle(Event::Approve, now).map(|a| self.apply(a, now)).is_ok() {
-                        self.journal.push((Event::Approve, now));
-                        continue;
-                    }
+            // Approve a gate at the moment the job reaches it. Only gates: a budget or
+            // operator pause ends the run.
+            if self.auto_approve && self.job.awaiting_approval() {
+                if let Ok(actions) = self.job.handle(Event::Approve, now) {
+                    self.journal.push((Event::Approve, now));
+                    self.apply(actions, now);
                 }
+                continue;
+            }
+            let Some(((t, _), event)) = self.queue.pop_first() else {
                 break;
             };
             now = t;
@@ -247,7 +253,10 @@ impl Sim {
             }
             let actions = match self.job.handle(event.clone(), now) {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(rejected) => {
+                    self.ignored.push((now, rejected.to_string()));
+                    continue;
+                }
             };
             self.journal.push((event, now));
             self.apply(actions, now);
@@ -261,6 +270,7 @@ impl Sim {
             duration_ms: now,
             journal: self.journal,
             rollbacks: self.rollbacks,
+            ignored: self.ignored,
             final_state: self.job,
         }
     }

@@ -111,7 +111,7 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
 }
 
 /// Run a step, or undo one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Run,
@@ -119,7 +119,7 @@ pub enum CommandKind {
 }
 
 /// The identity of one command: exactly-once is keyed on it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandId {
     pub job: String,
     pub node: String,
@@ -147,7 +147,7 @@ impl fmt::Display for CommandId {
 }
 
 /// A command for one node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Command {
     pub id: CommandId,
     /// Fencing epoch of the job's owner; agents refuse an older epoch than one they saw.
@@ -170,7 +170,7 @@ pub struct Command {
 }
 
 /// A request on `cmd.<node>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// Run (or undo) a step. Sent again with the same id until acknowledged.
@@ -182,14 +182,14 @@ pub enum Request {
 }
 
 /// The agent's immediate answer to a request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reply {
     pub status: ReplyStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyStatus {
     /// New command: journaled, running now.
@@ -209,7 +209,7 @@ pub enum ReplyStatus {
 
 /// The end of a command, published on `result.<job>.<node>` with `Nats-Msg-Id` = the
 /// command key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepResult {
     pub id: CommandId,
     /// For a rollback, `succeeded` means undone.
@@ -238,7 +238,7 @@ pub struct StepResult {
 }
 
 /// An action as a node offers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActionOffer {
     pub name: String,
     #[serde(default)]
@@ -251,7 +251,7 @@ pub struct ActionOffer {
 }
 
 /// Facts an agent reports about its machine.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeFacts {
     pub hostname: String,
     pub os: String,
@@ -261,7 +261,7 @@ pub struct NodeFacts {
 }
 
 /// A node's registration (bucket `nodes`), written when its agent starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeRecord {
     pub id: String,
     #[serde(default)]
@@ -275,7 +275,7 @@ pub struct NodeRecord {
 }
 
 /// A heartbeat (bucket `heartbeats`), written every `heartbeat_ms`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub node: String,
     pub status: AgentStatus,
@@ -286,7 +286,7 @@ pub struct Heartbeat {
     pub running: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     Online,

@@ -234,6 +234,11 @@ impl Job {
         self.reason.as_deref()
     }
 
+    /// Paused at a `pause_after_batches` gate, waiting for `approve`.
+    pub fn awaiting_approval(&self) -> bool {
+        matches!(self.pause, Some(Pause::Gate { .. })) && self.stop.is_none()
+    }
+
     /// Number of nodes started and not finished.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -775,7 +780,9 @@ impl Job {
                 (AttemptOutcome::TimedOut, _) | (_, Some(Stop::JobTimeout)) => NodeOutcome::TimedOut,
                 _ => NodeOutcome::Cancelled,
             };
-            let counts = matches!(o, NodeOutcome::Failed | NodeOutcome::TimedOut);
+            // Only a step that really failed counts; one stopped by the cancel or the job
+            // deadline does not (the budget no longer decides anything).
+            let counts = o == NodeOutcome::Failed;
             self.finish_node(n, o, counts, now, out);
             return;
         }
@@ -1001,8 +1008,14 @@ impl Job {
                 }
             }
             Timer::JobTimeout => {
-                // A fleet rollback is repair work: the job deadline does not interrupt it.
-                if self.phase == Phase::Running && !matches!(self.stop, Some(Stop::Cancel | Stop::JobTimeout)) {
+                // A fleet rollback is repair work: the job deadline does not interrupt it,
+                // nor the wait for in-flight nodes before a planned one.
+                let rollback_planned =
+                    matches!(self.stop, Some(Stop::Rollback | Stop::Budget(OnBudgetExceeded::Rollback)));
+                if self.phase == Phase::Running
+                    && !rollback_planned
+                    && !matches!(self.stop, Some(Stop::Cancel | Stop::JobTimeout))
+                {
                     self.cancel(Stop::JobTimeout, now, out);
                 }
             }
@@ -1040,6 +1053,17 @@ impl Job {
             }
         }
         let count = queue.len();
+        if count == 0 {
+            // Nothing changed anywhere: there is nothing to undo, and the job failed.
+            let why = self.reason.clone().unwrap_or_else(|| "rollback requested".into());
+            self.finish(
+                JobStatus::Failed,
+                Some(format!("{why}; no node had completed a step, nothing to roll back")),
+                now,
+                out,
+            );
+            return;
+        }
         self.rollback_queue = queue;
         self.emit(out, now, ProgressKind::RollbackStarted, |p| p.detail = Some(format!("{count} nodes to roll back")));
         self.pump_rollback(now, out);

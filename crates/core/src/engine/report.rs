@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A job at a point in time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobReport {
     pub job_id: String,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct JobReport {
 }
 
 /// One node in a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeReport {
     pub outcome: NodeOutcome,
     /// How the node failed, when a rollback then changed its outcome.
@@ -45,7 +45,7 @@ pub struct NodeReport {
 }
 
 /// One step on one node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepReport {
     pub name: String,
     pub status: StepStatus,

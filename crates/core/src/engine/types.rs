@@ -8,7 +8,7 @@ use std::fmt;
 pub type Millis = u64;
 
 /// What happened, as the runtime tells the engine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// Start the job (once).
@@ -68,7 +68,7 @@ impl Event {
 }
 
 /// How one attempt of a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     Succeeded,
@@ -79,7 +79,7 @@ pub enum AttemptOutcome {
 
 /// A timer the engine owns. Timers are never cancelled: a timer that no longer matters
 /// is ignored when it fires, so runtimes only need "call me back at".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Timer {
     /// The controller-side deadline of an attempt (the agent's own kill comes first).
@@ -97,7 +97,7 @@ pub enum Timer {
 }
 
 /// What the engine asks the runtime to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// Run attempt `attempt` of step `step` on `node`; the agent kills it at `deadline`.
@@ -115,7 +115,7 @@ pub enum Action {
 }
 
 /// A progress event: the job's visible history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Progress {
     /// 1, 2, 3, ... per job.
     pub seq: u64,
@@ -134,7 +134,7 @@ pub struct Progress {
 }
 
 /// Kinds of progress events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressKind {
     JobStarted,
@@ -195,7 +195,7 @@ impl ProgressKind {
 macro_rules! status_enum {
     ($(#[$m:meta])* $name:ident { $($var:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($var),+ }
         impl $name {
@@ -266,7 +266,7 @@ status_enum!(
 );
 
 /// Engine settings that are the runtime's, not the plan's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EngineConfig {
     /// Extra time after a step's deadline before the controller declares it timed out
     /// itself (the agent's kill and report normally come first).
