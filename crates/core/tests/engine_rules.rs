@@ -300,3 +300,16 @@ fn offline_nodes_count_as_failed_or_are_excluded() {
     assert_eq!(r.report.status, JobStatus::Halted);
     assert_eq!(r.report.counts.get(&NodeOutcome::Skipped), Some(&2));
 }
+
+#[test]
+fn ten_thousand_nodes_rolling_three_steps_is_fast() {
+    // A guard against accidental O(n^2): the release figure is in docs/PERFORMANCE.md;
+    // this bound is loose enough for a debug build on a loaded 2-core machine.
+    let p = plan("{strategy: rolling, batch: \"10%\"}", THREE_STEPS);
+    let started = std::time::Instant::now();
+    let r = simulate(&p, &SimConfig::with_nodes(10_000)).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.report.status, JobStatus::Succeeded);
+    assert_eq!(r.report.counts.get(&NodeOutcome::Succeeded), Some(&10_000));
+    assert!(took < std::time::Duration::from_secs(10), "10,000-node simulation took {took:?}");
+}

@@ -300,6 +300,76 @@ impl Job {
         self.lookup(node)
     }
 
+    /// The commands running now, as the actions that started them (without timers): what
+    /// a runtime re-sends, with the same ids, after rebuilding a job from its journal.
+    /// Deadlines are `now` plus the step timeout; the engine's own deadline timers (armed
+    /// again from the journal) still decide.
+    pub fn in_flight_commands(&self, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (n, nr) in self.nodes.iter().enumerate() {
+            let id = self.spec.nodes[n].id.clone();
+            match nr.stage {
+                Stage::Running if !nr.cancel_sent => {
+                    let timeout = self.spec.plan.steps[nr.pos].timeout_or(self.spec.plan.timeout).as_millis();
+                    out.push(Action::Dispatch {
+                        node: id,
+                        step: nr.pos,
+                        attempt: nr.attempt,
+                        timeout_ms: timeout,
+                        deadline: now + timeout,
+                    });
+                }
+                Stage::Running => {
+                    out.push(Action::CancelStep { node: id, step: nr.pos, attempt: nr.attempt });
+                }
+                Stage::RollingBack => {
+                    if let Some(step) = nr.undoing {
+                        let s = &self.spec.plan.steps[step];
+                        let timeout = s
+                            .rollback
+                            .as_ref()
+                            .and_then(|r| r.timeout)
+                            .unwrap_or(s.timeout_or(self.spec.plan.timeout))
+                            .as_millis();
+                        let metadata = nr.steps[step].metadata.clone();
+                        out.push(Action::Rollback {
+                            node: id,
+                            step,
+                            metadata,
+                            timeout_ms: timeout,
+                            deadline: now + timeout,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Would this timer still do something if it fired? (Runtimes use it to re-arm only
+    /// the timers that matter after rebuilding a job.)
+    pub fn timer_matters(&self, timer: &Timer) -> bool {
+        if matches!(self.phase, Phase::Done(_) | Phase::Pending) {
+            return false;
+        }
+        match *timer {
+            Timer::StepDeadline { node, step, attempt } => {
+                self.nodes.get(node).is_some_and(|n| n.stage == Stage::Running && n.pos == step && n.attempt == attempt)
+            }
+            Timer::Retry { node, step, attempt } => self
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.stage == Stage::Retrying && n.pos == step && n.attempt + 1 == attempt),
+            Timer::RollbackDeadline { node, step } => {
+                self.nodes.get(node).is_some_and(|n| n.stage == Stage::RollingBack && n.undoing == Some(step))
+            }
+            Timer::BatchDelay { batch } => self.delay_pending == Some(batch),
+            Timer::JobTimeout => self.phase == Phase::Running,
+            Timer::CancelGrace => self.nodes.iter().any(|n| n.cancel_sent && n.stage == Stage::Running),
+        }
+    }
+
     /// Apply one event at time `now`. An operator command that does not apply now is
     /// rejected and changes nothing; every other event is accepted (a stale result is
     /// recorded as ignored).
