@@ -1,0 +1,759 @@
+//! The agent runtime: registration, heartbeats, the command subscription, execution,
+//! result publication, drain and kill.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drover_actions::{ActionError, ExecContext, ExecResult, ExecStatus, Registry, run_action, run_rollback};
+use drover_bus::{BusError, Topology, ensure_topology, now_ms, publish_once};
+use drover_core::engine::AttemptOutcome;
+use drover_core::wire::{
+    ActionOffer, AgentStatus, Command, CommandId, CommandKind, Heartbeat, NodeFacts, NodeRecord, Reply, ReplyStatus,
+    Request, StepResult,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::journal::{Journal, JournalError};
+
+/// The error of a step that was running when its agent stopped abruptly.
+pub const INTERRUPTED: &str = "interrupted: the agent restarted while the step ran";
+/// Key of the object that replaces rollback metadata too large for a result message; the
+/// metadata stays in the agent's journal and a rollback command carrying this object (or
+/// no metadata) gets it from there.
+pub const METADATA_ON_AGENT: &str = "x-drover-metadata-on-agent";
+
+/// How long `start` keeps pinging its own subject before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Headroom under the server's `max_payload` for headers.
+const PAYLOAD_HEADROOM: usize = 16 * 1024;
+/// Error text kept in a published result.
+const ERROR_CAP: usize = 16 * 1024;
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("agent journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("registering node {node} in bucket {bucket}: {message}")]
+    Register { node: String, bucket: String, message: String },
+    #[error("subscribing to {subject}: {message}")]
+    Subscribe { subject: String, message: String },
+    #[error("the agent's own subject {subject} did not answer a ping within {timeout:?} (last error: {last})")]
+    NotReady { subject: String, timeout: Duration, last: String },
+    #[error("agent task failed: {0}")]
+    Task(String),
+}
+
+/// Starts agents.
+pub struct Agent;
+
+struct State {
+    /// `None` once the agent was killed or stopped: nothing is written any more.
+    journal: Option<Journal>,
+    /// Running commands by key.
+    running: HashMap<String, CancellationToken>,
+    draining: bool,
+}
+
+struct Shared {
+    node_id: String,
+    cfg: AgentConfig,
+    client: async_nats::Client,
+    topo: Topology,
+    registry: Arc<Registry>,
+    policy: Arc<drover_actions::Policy>,
+    state: Mutex<State>,
+    /// Request handlers, command runs and result publications.
+    tracker: TaskTracker,
+    /// Drop every task at once (kill, or the end of a shutdown).
+    kill: CancellationToken,
+    /// Stop retrying publications (the end of a drain); results stay in the journal.
+    give_up: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spawn a tracked task that a kill drops.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(self: &Arc<Self>, fut: F) {
+        let kill = self.kill.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Run `f` on the state (with its journal I/O) off the async threads.
+    async fn with_state<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> T + Send + 'static) -> T {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || f(&mut me.lock())).await {
+            Ok(t) => t,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn max_payload(&self) -> usize {
+        let m = self.client.server_info().max_payload;
+        let m = if m == 0 { 1024 * 1024 } else { m };
+        m.saturating_sub(PAYLOAD_HEADROOM).max(4096)
+    }
+
+    async fn heartbeat(&self, status: AgentStatus) {
+        let running = {
+            let st = self.lock();
+            let mut r: Vec<String> = st.running.keys().cloned().collect();
+            r.sort();
+            r
+        };
+        let hb = Heartbeat { node: self.node_id.clone(), status, at_ms: now_ms(), running };
+        let body = match serde_json::to_vec(&hb) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!(error = %e, "cannot encode heartbeat"),
+        };
+        if let Err(e) = self.topo.heartbeats.put(&self.node_id, body.into()).await {
+            tracing::warn!(node = %self.node_id, error = %e, "heartbeat not written");
+        }
+    }
+}
+
+/// A running agent. Dropping it without [`AgentHandle::shutdown`] kills it.
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    stop_serving: CancellationToken,
+    stop_heartbeat: CancellationToken,
+    serve: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl Agent {
+    /// Open the journal, create the topology if missing, register the node, report what
+    /// an earlier run left (interrupted steps, unpublished results), subscribe to the
+    /// node's command subject, start heartbeating, and return once a request to the
+    /// node's subject is answered.
+    pub async fn start(cfg: AgentConfig, client: async_nats::Client) -> Result<AgentHandle, AgentError> {
+        cfg.validate()?;
+        let node_id = cfg.node_id.clone();
+        let dir = cfg.data_dir.clone();
+        let retention = cfg.retention;
+        let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, retention))
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))??;
+        tracing::info!(node = %node_id, journal = %journal.path().display(), commands = journal.len(), "agent journal loaded");
+        let topo = ensure_topology(client.clone(), &cfg.names, &cfg.topology).await?;
+        let registry = Arc::new(Registry::builtin());
+        let record = node_record(&cfg, &registry);
+        let body = serde_json::to_vec(&record).map_err(|e| AgentError::Task(e.to_string()))?;
+        topo.nodes.put(&node_id, body.into()).await.map_err(|e| AgentError::Register {
+            node: node_id.clone(),
+            bucket: cfg.names.nodes_bucket(),
+            message: e.to_string(),
+        })?;
+        let shared = Arc::new(Shared {
+            node_id: node_id.clone(),
+            policy: Arc::new(cfg.policy.clone()),
+            cfg,
+            client: client.clone(),
+            topo,
+            registry,
+            state: Mutex::new(State { journal: Some(journal), running: HashMap::new(), draining: false }),
+            tracker: TaskTracker::new(),
+            kill: CancellationToken::new(),
+            give_up: CancellationToken::new(),
+        });
+        let mut handle = AgentHandle {
+            shared: shared.clone(),
+            stop_serving: CancellationToken::new(),
+            stop_heartbeat: CancellationToken::new(),
+            serve: None,
+            heartbeat: None,
+            done: false,
+        };
+        // What the previous run left behind.
+        let pending = shared
+            .with_state(|st| {
+                let Some(j) = st.journal.as_mut() else { return Vec::new() };
+                for id in j.unfinished() {
+                    tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
+                    let mut r = empty_result(&id, AttemptOutcome::Failed);
+                    r.error = Some(INTERRUPTED.to_string());
+                    if let Err(e) = j.finish(r) {
+                        tracing::error!(key = %id, error = %e, "cannot journal the interrupted step's result");
+                    }
+                }
+                j.unpublished()
+            })
+            .await;
+        for result in pending {
+            let s = shared.clone();
+            tracing::info!(key = %result.id, outcome = ?result.outcome, "publishing a result left from the previous run");
+            shared.spawn(async move { publish_and_mark(&s, &result).await });
+        }
+        let subject = shared.cfg.names.command(&node_id);
+        let sub = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| AgentError::Subscribe { subject: subject.clone(), message: e.to_string() })?;
+        {
+            let s = shared.clone();
+            let stop = handle.stop_serving.clone();
+            let kill = shared.kill.clone();
+            handle.serve = Some(tokio::spawn(async move {
+                tokio::select! {
+                    _ = kill.cancelled() => {}
+                    _ = serve(s, sub, stop) => {}
+                }
+            }));
+        }
+        // Registered and alive when `start` returns.
+        shared.heartbeat(AgentStatus::Online).await;
+        {
+            let s = shared.clone();
+            let stop = handle.stop_heartbeat.clone();
+            let kill = shared.kill.clone();
+            handle.heartbeat = Some(tokio::spawn(async move {
+                tokio::select! {
+                    _ = kill.cancelled() => {}
+                    _ = heartbeat_loop(s, stop) => {}
+                }
+            }));
+        }
+        // The subscription is live once a request on our own connection is answered.
+        let started = Instant::now();
+        loop {
+            let r: Result<Reply, BusError> =
+                drover_bus::request_json(&client, subject.clone(), &Request::Ping, Duration::from_secs(1)).await;
+            match r {
+                Ok(reply) if reply.status == ReplyStatus::Pong => break,
+                other => {
+                    let last = match other {
+                        Ok(reply) => format!("unexpected reply {reply:?}"),
+                        Err(e) => e.to_string(),
+                    };
+                    if started.elapsed() > READY_TIMEOUT {
+                        handle.kill_now();
+                        return Err(AgentError::NotReady { subject, timeout: READY_TIMEOUT, last });
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+        tracing::info!(
+            node = %node_id,
+            subject = %subject,
+            actions = record.actions.len(),
+            labels = ?record.labels,
+            "agent started"
+        );
+        Ok(handle)
+    }
+}
+
+impl AgentHandle {
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Keys of the commands running now.
+    pub fn running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.lock().running.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Drain and stop: heartbeat `draining`, refuse new commands, let running commands
+    /// finish (or be killed at their own deadline), publish their results, heartbeat
+    /// `stopped`, unsubscribe. Bounded by `drain_timeout`: past it, running commands are
+    /// cancelled, and results that still cannot be published stay in the journal (they
+    /// are published at the next start).
+    pub async fn shutdown(mut self) {
+        let s = self.shared.clone();
+        let running = {
+            let mut st = s.lock();
+            st.draining = true;
+            st.running.len()
+        };
+        tracing::info!(node = %s.node_id, running, "agent draining");
+        s.heartbeat(AgentStatus::Draining).await;
+        s.tracker.close();
+        if tokio::time::timeout(s.cfg.drain_timeout, s.tracker.wait()).await.is_err() {
+            let tokens: Vec<(String, CancellationToken)> =
+                s.lock().running.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+            for (key, t) in tokens {
+                tracing::warn!(key = %key, "drain timeout reached: cancelling the step");
+                t.cancel();
+            }
+            let grace = drover_actions::KILL_GRACE + drover_actions::WIND_DOWN + Duration::from_secs(2);
+            if tokio::time::timeout(grace, s.tracker.wait()).await.is_err() {
+                tracing::warn!("results not yet published stay in the journal for the next start");
+                s.give_up.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.tracker.wait()).await;
+            }
+        }
+        self.stop_serving.cancel();
+        if let Some(h) = self.serve.take() {
+            let _ = h.await;
+        }
+        // Refusals answered while we stopped serving.
+        if tokio::time::timeout(Duration::from_secs(2), s.tracker.wait()).await.is_err() {
+            s.give_up.cancel();
+        }
+        self.stop_heartbeat.cancel();
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.await;
+        }
+        s.heartbeat(AgentStatus::Stopped).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
+        self.kill_now();
+        tracing::info!(node = %s.node_id, "agent stopped");
+    }
+
+    /// Stop at once, like SIGKILL of the process: tasks are dropped (running steps'
+    /// process groups are killed), nothing more is written to the journal or to NATS.
+    pub fn kill(mut self) {
+        tracing::info!(node = %self.shared.node_id, "agent killed");
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        self.done = true;
+        self.shared.kill.cancel();
+        self.shared.give_up.cancel();
+        if let Some(h) = self.serve.take() {
+            h.abort();
+        }
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let journal = {
+            let mut st = self.shared.lock();
+            st.running.clear();
+            st.journal.take()
+        };
+        // Closing the journal releases the data dir's lock.
+        drop(journal);
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        if !self.done {
+            self.kill_now();
+        }
+    }
+}
+
+fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
+    let actions = registry
+        .list()
+        .into_iter()
+        .filter(|a| cfg.policy.check_action(&a.name).is_ok())
+        .map(|a| ActionOffer {
+            name: a.name,
+            description: a.description,
+            params_schema: a.params_schema,
+            dry_run: a.dry_run,
+            undo: a.undo,
+        })
+        .collect();
+    NodeRecord {
+        id: cfg.node_id.clone(),
+        labels: cfg.labels.clone(),
+        groups: cfg.groups.clone(),
+        facts: NodeFacts {
+            hostname: crate::config::hostname(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: now_ms(),
+        },
+        actions,
+        heartbeat_ms: u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + s.cfg.heartbeat, s.cfg.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
+        s.heartbeat(status).await;
+    }
+}
+
+async fn serve(s: Arc<Shared>, mut sub: async_nats::Subscriber, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let me = s.clone();
+        s.spawn(async move { handle_request(me, msg).await });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+async fn reply(s: &Shared, msg: &async_nats::Message, status: ReplyStatus, reason: Option<String>) {
+    let Some(to) = msg.reply.clone() else { return };
+    let body = match serde_json::to_vec(&Reply { status, reason }) {
+        Ok(b) => b,
+        Err(e) => return tracing::error!(error = %e, "cannot encode reply"),
+    };
+    if let Err(e) = s.client.publish(to, body.into()).await {
+        tracing::warn!(error = %e, "cannot send reply");
+    }
+}
+
+enum Decision {
+    Rejected(String, Option<StepResult>),
+    Duplicate(Option<StepResult>),
+    Accepted(Box<Command>, CancellationToken),
+}
+
+async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
+    let req: Request = match serde_json::from_slice(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "malformed request");
+            return reply(&s, &msg, ReplyStatus::Rejected, Some(format!("malformed request: {e}"))).await;
+        }
+    };
+    match req {
+        Request::Ping => reply(&s, &msg, ReplyStatus::Pong, None).await,
+        Request::Cancel { id, epoch } => {
+            let node = s.node_id.clone();
+            let key = id.key();
+            let (status, reason) = s
+                .with_state(move |st| {
+                    let Some(j) = st.journal.as_mut() else {
+                        return (ReplyStatus::Rejected, Some("the agent is stopping".to_string()));
+                    };
+                    if id.node != node {
+                        return (
+                            ReplyStatus::Rejected,
+                            Some(format!("cancel for node {} sent to node {node}", id.node)),
+                        );
+                    }
+                    if let Some(seen) = j.epoch(&id.job)
+                        && epoch < seen
+                    {
+                        return (ReplyStatus::Rejected, Some(format!("stale epoch {epoch} < {seen}")));
+                    }
+                    if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
+                        && let Err(e) = j.sync()
+                    {
+                        tracing::warn!(error = %e, "cannot fsync the journal");
+                    }
+                    match st.running.get(&id.key()) {
+                        Some(t) => {
+                            t.cancel();
+                            (ReplyStatus::Cancelling, None)
+                        }
+                        None => (ReplyStatus::NotRunning, None),
+                    }
+                })
+                .await;
+            tracing::info!(key = %key, status = ?status, "cancel request");
+            reply(&s, &msg, status, reason).await;
+        }
+        Request::Run(cmd) => {
+            let key = cmd.id.key();
+            let me = s.clone();
+            let decision = s.with_state(move |st| decide(&me, st, cmd)).await;
+            match decision {
+                Decision::Rejected(reason, result) => {
+                    tracing::warn!(key = %key, reason = %reason, "command rejected");
+                    reply(&s, &msg, ReplyStatus::Rejected, Some(reason)).await;
+                    if let Some(r) = result {
+                        publish_and_mark(&s, &r).await;
+                    }
+                }
+                Decision::Duplicate(result) => {
+                    tracing::info!(key = %key, finished = result.is_some(), "duplicate command: not run again");
+                    reply(&s, &msg, ReplyStatus::Duplicate, None).await;
+                    if let Some(r) = result {
+                        publish_and_mark(&s, &r).await;
+                    }
+                }
+                Decision::Accepted(cmd, token) => {
+                    tracing::info!(key = %key, action = %cmd.action, step = %cmd.step_name, "command accepted");
+                    reply(&s, &msg, ReplyStatus::Accepted, None).await;
+                    let result = execute(&s, &cmd, token).await;
+                    tracing::info!(
+                        key = %key,
+                        outcome = ?result.outcome,
+                        duration_ms = result.duration_ms,
+                        error = result.error.as_deref().unwrap_or(""),
+                        "command finished"
+                    );
+                    let r = result.clone();
+                    let k = key.clone();
+                    let journaled = s
+                        .with_state(move |st| {
+                            st.running.remove(&k);
+                            st.journal.as_mut().map(|j| j.finish(r))
+                        })
+                        .await;
+                    match journaled {
+                        None => return, // killed meanwhile
+                        Some(Err(e)) => tracing::error!(key = %key, error = %e, "cannot journal the result"),
+                        Some(Ok(())) => {}
+                    }
+                    publish_and_mark(&s, &result).await;
+                }
+            }
+        }
+    }
+}
+
+/// Decide what to do with a run request (under the state lock, with journal I/O).
+fn decide(s: &Shared, st: &mut State, cmd: Command) -> Decision {
+    let Some(j) = st.journal.as_mut() else {
+        return Decision::Rejected("the agent is stopping".into(), None);
+    };
+    if cmd.id.node != s.node_id {
+        return Decision::Rejected(format!("command for node {} sent to node {}", cmd.id.node, s.node_id), None);
+    }
+    if let Some(seen) = j.epoch(&cmd.id.job)
+        && cmd.epoch < seen
+    {
+        return Decision::Rejected(format!("stale epoch {} < {seen}", cmd.epoch), None);
+    }
+    let key = cmd.id.key();
+    if let Some(e) = j.get(&key) {
+        let result = e.result.clone();
+        if let Err(e) = j.raise_epoch(&cmd.id.job, cmd.epoch).and_then(|_| j.sync()) {
+            tracing::warn!(error = %e, "cannot journal the epoch");
+        }
+        return Decision::Duplicate(result);
+    }
+    // What the journal keeps of the command: no secrets, no (possibly large) metadata.
+    let mut kept = cmd.clone();
+    kept.params = s.registry.redact_params(&cmd.action, &cmd.params);
+    kept.metadata = Value::Null;
+    kept.signature = None;
+    if let Err(e) = j.raise_epoch(&cmd.id.job, cmd.epoch) {
+        return Decision::Rejected(format!("cannot write the agent journal: {e}"), None);
+    }
+    if st.draining {
+        let reason = "the agent is draining (shutting down) and takes no new command".to_string();
+        let mut r = empty_result(&cmd.id, AttemptOutcome::Failed);
+        r.error = Some(format!("refused: {reason}"));
+        if let Err(e) = j.accept(kept).and_then(|()| j.finish(r.clone())) {
+            tracing::error!(error = %e, "cannot journal a refusal");
+            return Decision::Rejected(reason, None);
+        }
+        return Decision::Rejected(reason, Some(r));
+    }
+    if let Err(e) = j.accept(kept) {
+        return Decision::Rejected(format!("cannot write the agent journal: {e}"), None);
+    }
+    let mut cmd = cmd;
+    if cmd.id.kind == CommandKind::Rollback
+        && needs_metadata(&cmd.metadata)
+        && let Some(m) = j.run_metadata(&cmd.id.job, &cmd.id.node, cmd.id.step)
+    {
+        tracing::info!(key = %key, "rollback metadata taken from the agent journal");
+        cmd.metadata = m;
+    }
+    let token = CancellationToken::new();
+    st.running.insert(key, token.clone());
+    Decision::Accepted(Box::new(cmd), token)
+}
+
+fn needs_metadata(m: &Value) -> bool {
+    m.is_null() || m.get(METADATA_ON_AGENT).is_some()
+}
+
+async fn execute(s: &Shared, cmd: &Command, cancel: CancellationToken) -> StepResult {
+    let ctx = ExecContext {
+        job_id: cmd.id.job.clone(),
+        node_id: s.node_id.clone(),
+        step: cmd.step_name.clone(),
+        attempt: cmd.id.attempt,
+        timeout: Duration::from_millis(cmd.timeout_ms),
+        cancel,
+        dry_run: false,
+        output_cap: s.cfg.output_cap,
+        policy: s.policy.clone(),
+        env: Default::default(),
+    };
+    let started = Instant::now();
+    let r = match cmd.id.kind {
+        CommandKind::Run => run_action(&s.registry, &cmd.action, cmd.params.clone(), &ctx).await,
+        CommandKind::Rollback => {
+            run_rollback(&s.registry, &cmd.action, cmd.params.clone(), cmd.metadata.clone(), &ctx).await
+        }
+    };
+    to_step_result(&cmd.id, r, started)
+}
+
+fn empty_result(id: &CommandId, outcome: AttemptOutcome) -> StepResult {
+    StepResult {
+        id: id.clone(),
+        outcome,
+        changed: false,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        exit_code: None,
+        duration_ms: 0,
+        error: None,
+        metadata: Value::Null,
+        finished_at_ms: now_ms(),
+    }
+}
+
+fn to_step_result(id: &CommandId, r: Result<ExecResult, ActionError>, started: Instant) -> StepResult {
+    match r {
+        Ok(x) => StepResult {
+            id: id.clone(),
+            outcome: match x.status {
+                ExecStatus::Succeeded => AttemptOutcome::Succeeded,
+                ExecStatus::Failed => AttemptOutcome::Failed,
+                ExecStatus::TimedOut => AttemptOutcome::TimedOut,
+                ExecStatus::Cancelled => AttemptOutcome::Cancelled,
+            },
+            changed: x.changed,
+            stdout: x.stdout,
+            stderr: x.stderr,
+            truncated: x.truncated,
+            exit_code: x.exit_code,
+            duration_ms: x.duration_ms,
+            error: x.error,
+            metadata: x.metadata,
+            finished_at_ms: now_ms(),
+        },
+        Err(e) => {
+            let mut r = empty_result(id, AttemptOutcome::Failed);
+            r.error = Some(e.to_string());
+            r.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            r
+        }
+    }
+}
+
+/// The JSON of a result, made to fit in `limit` bytes: rollback metadata too large is
+/// replaced by `{"x-drover-metadata-on-agent": <bytes>}` (the journal keeps it), then
+/// stdout and stderr are cut (and `truncated` set). Deterministic, so every copy of a
+/// result published again is the same message.
+pub fn fit_payload(result: &StepResult, limit: usize) -> Vec<u8> {
+    let encode = |r: &StepResult| serde_json::to_vec(r).unwrap_or_else(|_| b"{}".to_vec());
+    let bytes = encode(result);
+    if bytes.len() <= limit {
+        return bytes;
+    }
+    let mut r = result.clone();
+    if let Some(e) = &r.error
+        && e.len() > ERROR_CAP
+    {
+        r.error = Some(format!("{} [cut]", cut_str(e, ERROR_CAP)));
+    }
+    let meta_len = serde_json::to_vec(&r.metadata).map(|v| v.len()).unwrap_or(0);
+    if meta_len > 1024 {
+        r.metadata = json!({ METADATA_ON_AGENT: meta_len });
+    }
+    let mut keep = r.stdout.len().max(r.stderr.len());
+    loop {
+        let bytes = encode(&r);
+        if bytes.len() <= limit || keep == 0 {
+            return bytes;
+        }
+        keep /= 2;
+        for (out, orig) in [(&mut r.stdout, &result.stdout), (&mut r.stderr, &result.stderr)] {
+            if orig.len() > keep {
+                *out = format!("{}\n[drover: output cut to fit the message size limit]\n", cut_str(orig, keep));
+            }
+        }
+        r.truncated = true;
+    }
+}
+
+fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+/// Publish a result to the results stream (retrying with backoff until acknowledged or
+/// given up), then mark it published in the journal.
+async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
+    let key = result.id.key();
+    let subject = s.cfg.names.result(&result.id.job, &result.id.node);
+    let payload = Bytes::from(fit_payload(result, s.max_payload()));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = publish_once(&s.topo.js, subject.clone(), &key, payload.clone());
+        let r = tokio::select! {
+            r = attempt => r,
+            _ = s.give_up.cancelled() => return,
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(key = %key, error = %e, retry_in = ?delay, "result not published yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = s.give_up.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    tracing::debug!(key = %key, subject = %subject, "result published");
+    let k = key.clone();
+    let marked = s.with_state(move |st| st.journal.as_mut().map(|j| j.mark_published(&k))).await;
+    if let Some(Err(e)) = marked {
+        tracing::warn!(key = %key, error = %e, "cannot mark the result published (it will be published again)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_payload_cuts_output_then_metadata() {
+        let id = CommandId { job: "j".into(), node: "n".into(), step: 0, attempt: 1, kind: CommandKind::Run };
+        let mut r = empty_result(&id, AttemptOutcome::Succeeded);
+        r.stdout = "é".repeat(300_000);
+        r.stderr = "\u{1}".repeat(100_000);
+        r.metadata = json!({ "previous": "x".repeat(500_000) });
+        let out = fit_payload(&r, 200_000);
+        assert!(out.len() <= 200_000, "{}", out.len());
+        let back: StepResult = serde_json::from_slice(&out).unwrap();
+        assert!(back.truncated);
+        assert!(back.metadata.get(METADATA_ON_AGENT).is_some());
+        assert!(back.stdout.ends_with("size limit]\n"));
+        assert_eq!(fit_payload(&r, 200_000), out, "deterministic");
+        // Small results are untouched.
+        let small = empty_result(&id, AttemptOutcome::Failed);
+        assert_eq!(serde_json::from_slice::<StepResult>(&fit_payload(&small, 1000)).unwrap(), small);
+    }
+}
