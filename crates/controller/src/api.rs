@@ -1,0 +1,369 @@
+//! The REST API under `/v1` (JSON), Server-Sent Events for progress, `/metrics`.
+
+use crate::registry::Registry;
+use crate::runtime::{Input, Refusal, Submitted};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use drover_bus::{Topology, now_ms};
+use drover_core::api::{ApiError, Health, NodeDetail, NodeList, StepDetail};
+use drover_core::engine::{Event, JobStatus, Progress, ProgressKind};
+use drover_core::parse::Format;
+use drover_core::wire::StepResult;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub tx: mpsc::Sender<Input>,
+    pub registry: Registry,
+    pub topo: Topology,
+    pub metrics: crate::metrics::Metrics,
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An error response: `{error, details}` with its status code.
+pub struct ApiFailure(StatusCode, ApiError);
+
+impl ApiFailure {
+    fn new(code: StatusCode, error: impl Into<String>) -> ApiFailure {
+        ApiFailure(code, ApiError { error: error.into(), details: Vec::new() })
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<Refusal> for ApiFailure {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(e, details) => ApiFailure(StatusCode::BAD_REQUEST, ApiError { error: e, details }),
+            Refusal::NotFound(e) => ApiFailure::new(StatusCode::NOT_FOUND, e),
+            Refusal::Conflict(e) => ApiFailure::new(StatusCode::CONFLICT, e),
+            Refusal::Busy(e) => ApiFailure::new(StatusCode::TOO_MANY_REQUESTS, e),
+            Refusal::Unavailable(e) => ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Ask the runtime and wait for its answer.
+async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> ApiResult<T> {
+    let (tx, rx) = oneshot::channel();
+    state
+        .tx
+        .send(make(tx))
+        .await
+        .map_err(|_| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is shutting down"))?;
+    rx.await.map_err(|_| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is shutting down"))
+}
+
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/jobs", post(create_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/nodes/{node}", get(get_job_node))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/{op}", post(operate))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/actions", get(list_actions))
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/openapi.json", get(|| async { Json(crate::openapi::document()) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiFailure::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/openapi.json") })
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct CreateQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn create_job(
+    State(s): State<AppState>,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiFailure::new(StatusCode::BAD_REQUEST, "the plan is not UTF-8 text"))?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let format = if ct.contains("json") {
+        Format::Json
+    } else if ct.contains("yaml") || ct.contains("yml") {
+        Format::Yaml
+    } else {
+        Format::Auto
+    };
+    let r = ask(&s, |reply| Input::Submit { text, format, dry_run: q.dry_run, reply }).await?;
+    match r? {
+        Submitted::Job(view) => Ok((StatusCode::CREATED, Json(*view)).into_response()),
+        Submitted::Preview(p) => Ok((StatusCode::OK, Json(p)).into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_jobs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    let status = match q.status {
+        None => None,
+        Some(st) => Some(serde_json::from_value::<JobStatus>(json!(st)).map_err(|_| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("query param status: \"{st}\" is not one of pending, running, paused, rolling_back, succeeded, failed, rolled_back, halted, cancelled"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let list = ask(&s, |reply| Input::List { status, limit, after: q.after, reply }).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let v = ask(&s, |reply| Input::Get { job: id.clone(), reply }).await?;
+    v.map(|v| Json(v).into_response()).ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))
+}
+
+async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String, String)>) -> ApiResult<Response> {
+    let steps = ask(&s, |reply| Input::NodeSteps { job: id.clone(), node: node.clone(), reply })
+        .await?
+        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
+    let results: Vec<StepResult> =
+        read_subject(&s.topo, &s.topo.names.results_stream(), &s.topo.names.result(&id, &node))
+            .await
+            .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?
+            .into_iter()
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+    let r = steps.report;
+    let details = r
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| StepDetail {
+            name: st.name.clone(),
+            action: steps.actions.get(i).cloned().unwrap_or_default(),
+            status: st.status,
+            attempts: st.attempts,
+            results: results.iter().filter(|x| x.id.step == i).cloned().collect(),
+        })
+        .collect();
+    Ok(Json(NodeDetail { job_id: id, node, outcome: r.outcome, failure: r.failure, batch: r.batch, steps: details })
+        .into_response())
+}
+
+/// Every message on one subject of a stream, oldest first.
+pub async fn read_subject(topo: &Topology, stream: &str, subject: &str) -> Result<Vec<Bytes>, String> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let stream = topo.js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = consumer.info().await.map_err(|e| e.to_string())?.num_pending;
+    let mut out = Vec::with_capacity(total as usize);
+    if total == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while (out.len() as u64) < total {
+        match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            Ok(Some(Ok(m))) => out.push(m.payload.clone()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+}
+
+async fn job_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let view = ask(&s, |reply| Input::Get { job: id.clone(), reply })
+        .await?
+        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let from = q.from.or(last_id.map(|l| l + 1)).unwrap_or(1);
+    let final_now = view.report.status.is_final();
+    let end_now = final_now && from > view.last_event;
+    let status = view.report.status;
+    let stream = s
+        .topo
+        .js
+        .get_stream(s.topo.names.events_stream())
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: s.topo.names.job_progress(&id),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let messages =
+        consumer.messages().await.map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let body = progress_events(messages, from, end_now, status);
+    Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn end(status: JobStatus) -> SseEvent {
+    SseEvent::default().event("end").data(json!({ "status": status }).to_string())
+}
+
+/// Progress messages as SSE events from `from` on, ending after `job_finished`.
+fn progress_events(
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    from: u64,
+    end_now: bool,
+    status: JobStatus,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    enum St {
+        Run(Box<async_nats::jetstream::consumer::pull::Ordered>),
+        Done,
+    }
+    let start = if end_now { None } else { Some(St::Run(Box::new(messages))) };
+    let first: Vec<Result<SseEvent, Infallible>> = if end_now { vec![Ok(end(status))] } else { vec![] };
+    futures::stream::iter(first).chain(
+        futures::stream::unfold(start, move |st| async move {
+            let Some(St::Run(mut m)) = st else { return None };
+            loop {
+                match m.next().await {
+                    Some(Ok(msg)) => {
+                        let Ok(p) = serde_json::from_slice::<Progress>(&msg.payload) else { continue };
+                        if p.seq < from {
+                            continue;
+                        }
+                        let data = String::from_utf8_lossy(&msg.payload).into_owned();
+                        let ev = SseEvent::default().id(p.seq.to_string()).event("progress").data(data);
+                        if p.kind == ProgressKind::JobFinished {
+                            let status = p
+                                .detail
+                                .as_deref()
+                                .and_then(|d| serde_json::from_value(json!(d)).ok())
+                                .unwrap_or(JobStatus::Failed);
+                            return Some((vec![Ok(ev), Ok(end(status))], Some(St::Done)));
+                        }
+                        return Some((vec![Ok(ev)], Some(St::Run(m))));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!("event stream: {e}");
+                        return None;
+                    }
+                    None => return None,
+                }
+            }
+        })
+        .flat_map(futures::stream::iter),
+    )
+}
+
+async fn operate(State(s): State<AppState>, Path((id, op)): Path<(String, String)>) -> ApiResult<Response> {
+    let event = match op.as_str() {
+        "cancel" => Event::Cancel,
+        "pause" => Event::Pause,
+        "resume" => Event::Resume,
+        "approve" => Event::Approve,
+        "rollback" => Event::Rollback,
+        other => {
+            return Err(ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown operation \"{other}\": use cancel, pause, resume, approve or rollback"),
+            ));
+        }
+    };
+    let r = ask(&s, |reply| Input::Operator { job: id, event, reply }).await?;
+    Ok(Json(r?).into_response())
+}
+
+async fn list_nodes(State(s): State<AppState>) -> ApiResult<Response> {
+    let busy = ask(&s, |reply| Input::Busy { reply }).await?;
+    let now = now_ms();
+    let mut nodes: Vec<_> =
+        s.registry.ids().into_iter().filter_map(|id| s.registry.view(&id, now, busy.get(&id).cloned())).collect();
+    nodes.sort_by(|a, b| drover_core::resolve::natural_cmp(&a.id, &b.id));
+    s.metrics.nodes.set(nodes.len() as i64);
+    Ok(Json(NodeList { nodes }).into_response())
+}
+
+async fn get_node(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let busy = ask(&s, |reply| Input::Busy { reply }).await?;
+    let view = s
+        .registry
+        .view(&id, now_ms(), busy.get(&id).cloned())
+        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {id}")))?;
+    Ok(Json(json!({ "node": view, "record": s.registry.record(&id) })).into_response())
+}
+
+async fn list_actions(State(s): State<AppState>) -> ApiResult<Response> {
+    let counts = s.registry.offered_by();
+    let actions: Vec<_> = s
+        .registry
+        .catalog()
+        .into_values()
+        .map(|a| {
+            let n = counts.get(&a.name).copied().unwrap_or(0);
+            let mut v = serde_json::to_value(a).unwrap_or_default();
+            v["offered_by"] = n.into();
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "actions": actions })).into_response())
+}
+
+fn health_body(status: &str, detail: Option<String>) -> Health {
+    Health { status: status.into(), detail, version: env!("CARGO_PKG_VERSION").into() }
+}
+
+async fn health() -> Json<Health> {
+    Json(health_body("ok", None))
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let connected = matches!(s.topo.js.client().connection_state(), async_nats::connection::State::Connected);
+    if s.ready.load(std::sync::atomic::Ordering::Relaxed) && connected {
+        Json(health_body("ready", Some(format!("{} nodes registered", s.registry.len())))).into_response()
+    } else {
+        let why = if connected { "starting" } else { "not connected to NATS" };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(health_body("not_ready", Some(why.into())))).into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+        .into_response()
+}

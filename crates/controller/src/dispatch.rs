@@ -1,0 +1,67 @@
+//! Sending commands to agents: re-sent with the same id until acknowledged, or the node
+//! is declared lost.
+
+use crate::runtime::Input;
+use drover_bus::request_json;
+use drover_core::wire::{Command, CommandId, Names, Reply, ReplyStatus, Request};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Deliver a command; report a refusal or a node that never acknowledged.
+pub async fn send_command(
+    client: async_nats::Client,
+    names: Names,
+    cmd: Command,
+    tx: mpsc::Sender<Input>,
+    ack_timeout: Duration,
+    ack_deadline: Duration,
+) {
+    let subject = names.command(&cmd.id.node);
+    let started = Instant::now();
+    let request = Request::Run(cmd.clone());
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
+            Ok(reply) => match reply.status {
+                ReplyStatus::Accepted | ReplyStatus::Duplicate => return,
+                ReplyStatus::Rejected => {
+                    let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
+                    let _ = tx.send(Input::Rejected { job: cmd.id.job.clone(), id: cmd.id.clone(), reason }).await;
+                    return;
+                }
+                other => {
+                    tracing::warn!(key = %cmd.id, "unexpected reply {other:?} to a command; re-sending");
+                }
+            },
+            Err(e) => {
+                if started.elapsed() >= ack_deadline {
+                    let reason = format!("no ack for {} within {}s: {e}", cmd.id, ack_deadline.as_secs());
+                    let _ = tx.send(Input::Lost { job: cmd.id.job.clone(), node: cmd.id.node.clone(), reason }).await;
+                    return;
+                }
+                tracing::debug!(key = %cmd.id, "command not acknowledged yet: {e}");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Ask an agent to cancel a running command (a few tries; the engine's cancel grace
+/// decides what happens when nobody answers).
+pub async fn send_cancel(client: async_nats::Client, names: Names, id: CommandId, epoch: u64, ack_timeout: Duration) {
+    let subject = names.command(&id.node);
+    let request = Request::Cancel { id: id.clone(), epoch };
+    for _ in 0..3 {
+        match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
+            Ok(r) => {
+                tracing::debug!(key = %id, status = ?r.status, "cancel delivered");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(key = %id, "cancel not delivered yet: {e}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use drover_core::engine::JobStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+/// The controller's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub jobs_submitted: Counter,
+    pub jobs_finished: Family<StatusLabel, Counter>,
+    pub jobs_running: Gauge,
+    pub jobs_queued: Gauge,
+    pub commands: Counter,
+    pub results: Counter,
+    pub nodes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("drover");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            jobs_submitted: Counter::default(),
+            jobs_finished: Family::default(),
+            jobs_running: Gauge::default(),
+            jobs_queued: Gauge::default(),
+            commands: Counter::default(),
+            results: Counter::default(),
+            nodes: Gauge::default(),
+        };
+        registry.register("jobs_submitted", "Jobs accepted", m.jobs_submitted.clone());
+        registry.register("jobs_finished", "Jobs finished, by final status", m.jobs_finished.clone());
+        registry.register("jobs_running", "Jobs running now", m.jobs_running.clone());
+        registry.register("jobs_queued", "Jobs waiting to start", m.jobs_queued.clone());
+        registry.register("commands_sent", "Commands sent to agents", m.commands.clone());
+        registry.register("results_received", "Step results consumed", m.results.clone());
+        registry.register("nodes_registered", "Nodes in the registry", m.nodes.clone());
+        Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    pub fn job_finished(&self, status: JobStatus) {
+        self.jobs_finished.get_or_create(&StatusLabel { status: status.to_string() }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,763 @@
+//! The controller's job runtime: one task owns every job's engine state and is fed
+//! inputs (submissions, results, timers, operator commands, lost nodes) through a
+//! channel. Each round takes every input waiting, applies them to the engines, writes
+//! the journal and progress to JetStream and waits for the acks (group commit), and only
+//! then carries out the engines' actions and acknowledges the results it consumed.
+
+use crate::config::ControllerConfig;
+use crate::dispatch;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use async_nats::jetstream;
+use drover_bus::{Topology, now_ms};
+use drover_core::api::{JobList, JobSummary, JobView, OperatorReply, PlanPreview};
+use drover_core::engine::{Action, AttemptOutcome, Event, Job, JobStatus, Millis, Progress, ProgressKind, Timer};
+use drover_core::parse::{Format, PlanError, PlanErrors, parse_plan};
+use drover_core::resolve::JobSpec;
+use drover_core::wire::{Command, CommandId, CommandKind, StepResult};
+use drover_core::{Catalog, Plan};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why an API request failed, mapped to an HTTP status by the API layer.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    Invalid(String, Vec<String>),
+    NotFound(String),
+    Conflict(String),
+    Busy(String),
+    Unavailable(String),
+}
+
+/// What a submission produced.
+pub enum Submitted {
+    Job(Box<JobView>),
+    Preview(PlanPreview),
+}
+
+/// An answer to send once the round is committed.
+type Reply = Box<dyn FnOnce(&Runtime) + Send>;
+
+/// Inputs to the runtime.
+pub enum Input {
+    Submit { text: String, format: Format, dry_run: bool, reply: oneshot::Sender<Result<Submitted, Refusal>> },
+    Operator { job: String, event: Event, reply: oneshot::Sender<Result<OperatorReply, Refusal>> },
+    Result { result: Box<StepResult>, msg: Option<Box<jetstream::Message>> },
+    Timer { job: String, timer: Timer },
+    Lost { job: String, node: String, reason: String },
+    Rejected { job: String, id: CommandId, reason: String },
+    Tick,
+    Get { job: String, reply: oneshot::Sender<Option<JobView>> },
+    List { status: Option<JobStatus>, limit: usize, after: Option<String>, reply: oneshot::Sender<JobList> },
+    NodeSteps { job: String, node: String, reply: oneshot::Sender<Option<NodeSteps>> },
+    Busy { reply: oneshot::Sender<BTreeMap<String, String>> },
+}
+
+/// A node's steps in a job, for `GET /v1/jobs/{id}/nodes/{node}`.
+pub struct NodeSteps {
+    pub report: drover_core::engine::NodeReport,
+    pub actions: Vec<String>,
+}
+
+/// One line of a job's journal (`event.<job>.in`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JournalEntry {
+    /// The frozen job, written when it starts.
+    Spec { spec: Box<JobSpec>, created_at_ms: u64, epoch: u64 },
+    /// An engine input with the time it was applied; `n` counts a job's inputs from 1,
+    /// so a replay can drop a line written twice and keep the order.
+    Input { n: u64, event: Event, now: Millis },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Queued,
+    Active,
+    Done,
+}
+
+struct Entry {
+    job: Job,
+    stage: Stage,
+    created_at_ms: u64,
+    waiting: Option<String>,
+    /// Nodes with work in flight (for liveness checks).
+    active_nodes: BTreeSet<String>,
+    /// Inputs journaled so far.
+    inputs: u64,
+}
+
+/// Work collected during a round, carried out after the journal is durable.
+#[derive(Default)]
+struct Round {
+    journal: Vec<(String, Vec<u8>)>,
+    commands: Vec<Command>,
+    cancels: Vec<CommandId>,
+    timers: Vec<(String, Millis, Timer)>,
+    acks: Vec<jetstream::Message>,
+    finished: Vec<String>,
+    summaries: BTreeSet<String>,
+}
+
+pub struct Runtime {
+    cfg: ControllerConfig,
+    topo: Topology,
+    client: async_nats::Client,
+    registry: Registry,
+    metrics: Metrics,
+    tx: mpsc::Sender<Input>,
+    jobs: BTreeMap<String, Entry>,
+    /// Job ids, oldest first.
+    order: Vec<String>,
+    queue: VecDeque<String>,
+    locks: BTreeMap<String, String>,
+    epoch: u64,
+}
+
+impl Runtime {
+    pub fn new(
+        cfg: ControllerConfig,
+        topo: Topology,
+        client: async_nats::Client,
+        registry: Registry,
+        metrics: Metrics,
+        tx: mpsc::Sender<Input>,
+    ) -> Runtime {
+        Runtime {
+            cfg,
+            topo,
+            client,
+            registry,
+            metrics,
+            tx,
+            jobs: BTreeMap::new(),
+            order: Vec::new(),
+            queue: VecDeque::new(),
+            locks: BTreeMap::new(),
+            epoch: 1,
+        }
+    }
+
+    /// Run until the channel closes.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        while let Some(first) = rx.recv().await {
+            let mut round = Round::default();
+            let mut replies: Vec<Reply> = Vec::new();
+            self.take(first, &mut round, &mut replies);
+            // Group commit: take whatever else is already waiting.
+            for _ in 0..1024 {
+                match rx.try_recv() {
+                    Ok(input) => self.take(input, &mut round, &mut replies),
+                    Err(_) => break,
+                }
+            }
+            self.commit(round).await;
+            for r in replies {
+                r(&self);
+            }
+        }
+    }
+
+    fn take(&mut self, input: Input, round: &mut Round, replies: &mut Vec<Reply>) {
+        let now = now_ms();
+        match input {
+            Input::Submit { text, format, dry_run, reply } => {
+                let r = self.submit(&text, format, dry_run, now, round);
+                // Reply after the commit so that a 201 means the job is journaled.
+                replies.push(Box::new(move |rt: &Runtime| {
+                    let r = r.map(|s| match s {
+                        Submitted::Job(v) => Submitted::Job(Box::new(rt.view(&v.report.job_id).unwrap_or(*v))),
+                        other => other,
+                    });
+                    let _ = reply.send(r);
+                }));
+            }
+            Input::Operator { job, event, reply } => {
+                let name = event.name();
+                let r = match self.jobs.get(&job).map(|e| e.stage) {
+                    None => Err(Refusal::NotFound(format!("no job {job}"))),
+                    Some(Stage::Queued) if matches!(event, Event::Cancel) => {
+                        self.cancel_queued(&job, now, round);
+                        Ok(())
+                    }
+                    Some(Stage::Queued) => {
+                        Err(Refusal::Conflict(format!("cannot {name}: the job is queued and has not started")))
+                    }
+                    Some(_) => self.apply(&job, event, now, round).map_err(|e| Refusal::Conflict(e.to_string())),
+                };
+                replies.push(Box::new(move |rt: &Runtime| {
+                    let r = r.map(|_| OperatorReply {
+                        job_id: job.clone(),
+                        accepted: name.to_string(),
+                        status: rt.jobs.get(&job).map(|e| e.job.status()).unwrap_or(JobStatus::Pending),
+                    });
+                    let _ = reply.send(r);
+                }));
+            }
+            Input::Result { result, msg } => {
+                self.metrics.results.inc();
+                let id = &result.id;
+                let event = match id.kind {
+                    CommandKind::Run => Event::StepResult {
+                        node: id.node.clone(),
+                        step: id.step,
+                        attempt: id.attempt,
+                        outcome: result.outcome,
+                        metadata: result.metadata.clone(),
+                        error: result.error.clone(),
+                    },
+                    CommandKind::Rollback => Event::RollbackResult {
+                        node: id.node.clone(),
+                        step: id.step,
+                        ok: result.outcome == AttemptOutcome::Succeeded,
+                        error: result.error.clone(),
+                    },
+                };
+                if self.jobs.get(&id.job).is_some_and(|e| e.stage == Stage::Active) {
+                    let job = id.job.clone();
+                    let _ = self.apply(&job, event, now, round);
+                }
+                if let Some(m) = msg {
+                    round.acks.push(*m);
+                }
+            }
+            Input::Timer { job, timer } => {
+                if self.jobs.get(&job).is_some_and(|e| e.stage == Stage::Active) {
+                    let _ = self.apply(&job, Event::Timer { timer }, now, round);
+                }
+            }
+            Input::Lost { job, node, reason } => {
+                if self.jobs.get(&job).is_some_and(|e| e.stage == Stage::Active && e.active_nodes.contains(&node)) {
+                    let _ = self.apply(&job, Event::NodeLost { node, reason }, now, round);
+                }
+            }
+            Input::Rejected { job, id, reason } => {
+                if self.jobs.get(&job).is_some_and(|e| e.stage == Stage::Active) {
+                    let error = Some(format!("refused by the agent: {reason}"));
+                    let event = match id.kind {
+                        CommandKind::Run => Event::StepResult {
+                            node: id.node,
+                            step: id.step,
+                            attempt: id.attempt,
+                            outcome: AttemptOutcome::Failed,
+                            metadata: serde_json::Value::Null,
+                            error,
+                        },
+                        CommandKind::Rollback => {
+                            Event::RollbackResult { node: id.node, step: id.step, ok: false, error }
+                        }
+                    };
+                    let _ = self.apply(&job, event, now, round);
+                }
+            }
+            Input::Tick => self.check_liveness(now, round),
+            Input::Get { job, reply } => {
+                let _ = reply.send(self.view(&job));
+            }
+            Input::List { status, limit, after, reply } => {
+                let _ = reply.send(self.list(status, limit, after));
+            }
+            Input::NodeSteps { job, node, reply } => {
+                let r = self.jobs.get(&job).and_then(|e| {
+                    let i = e.job.node_index(&node)?;
+                    Some(NodeSteps {
+                        report: e.job.node_report(i),
+                        actions: e.job.spec().plan.steps.iter().map(|s| s.action.clone()).collect(),
+                    })
+                });
+                let _ = reply.send(r);
+            }
+            Input::Busy { reply } => {
+                let _ = reply.send(self.locks.clone());
+            }
+        }
+    }
+
+    // ----- submission and admission ----------------------------------------------------
+
+    fn submit(
+        &mut self,
+        text: &str,
+        format: Format,
+        dry_run: bool,
+        now: u64,
+        round: &mut Round,
+    ) -> Result<Submitted, Refusal> {
+        let invalid =
+            |e: PlanErrors| Refusal::Invalid("invalid plan".into(), e.0.iter().map(PlanError::to_string).collect());
+        let offers = self.registry.catalog();
+        let catalog = Catalog::new(offers.iter().map(|(k, v)| (k.clone(), v.params_schema.clone())).collect())
+            .map_err(|e| Refusal::Invalid("an agent offers an invalid action schema".into(), vec![e.to_string()]))?;
+        let plan = parse_plan(text, format, Some(&catalog)).map_err(|e| {
+            if offers.is_empty() {
+                let mut e = e;
+                e.0.push(PlanError {
+                    path: String::new(),
+                    message: "no node has registered yet: start an agent (or `drover dev`)".into(),
+                });
+                invalid(e)
+            } else {
+                invalid(e)
+            }
+        })?;
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let fleet = self.registry.fleet(now);
+        let spec = JobSpec::build(&job_id, &plan, &fleet).map_err(invalid)?;
+        self.check_offers(&plan, &spec).map_err(invalid)?;
+        if dry_run {
+            let ids = |v: &[usize]| v.iter().map(|&n| spec.nodes[n].id.clone()).collect::<Vec<_>>();
+            return Ok(Submitted::Preview(PlanPreview {
+                name: plan.name.clone(),
+                targets: spec.nodes.iter().map(|n| n.id.clone()).collect(),
+                offline: spec.nodes.iter().filter(|n| n.offline).map(|n| n.id.clone()).collect(),
+                excluded_offline: spec.excluded_offline.clone(),
+                batches: spec.batches.iter().map(|b| ids(b)).collect(),
+                max_failures: spec.failure_limit,
+                steps: plan.steps.iter().map(|s| s.name.clone()).collect(),
+            }));
+        }
+        let can_start = self.blocker(&spec).is_none();
+        if !can_start && self.queue.len() >= self.cfg.max_pending {
+            return Err(Refusal::Busy(format!(
+                "the job queue is full: {} jobs are waiting (max_pending {}); retry when some have started",
+                self.queue.len(),
+                self.cfg.max_pending
+            )));
+        }
+        self.metrics.jobs_submitted.inc();
+        let entry = Entry {
+            job: Job::new(spec, self.cfg.engine),
+            stage: Stage::Queued,
+            created_at_ms: now,
+            waiting: None,
+            active_nodes: BTreeSet::new(),
+            inputs: 0,
+        };
+        self.jobs.insert(job_id.clone(), entry);
+        self.order.push(job_id.clone());
+        self.queue.push_back(job_id.clone());
+        self.start_queued(now, round);
+        round.summaries.insert(job_id.clone());
+        let view = self.view(&job_id).ok_or_else(|| Refusal::Unavailable("job vanished".into()))?;
+        Ok(Submitted::Job(Box::new(view)))
+    }
+
+    /// Every target must offer every action the plan uses on it.
+    fn check_offers(&self, plan: &Plan, spec: &JobSpec) -> Result<(), PlanErrors> {
+        let mut errors = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            let mut actions = vec![("action", step.action.as_str())];
+            if let Some(rb) = &step.rollback {
+                actions.push(("rollback.action", rb.action.as_str()));
+            }
+            for (field, action) in actions {
+                let missing: Vec<&str> =
+                    spec.nodes.iter().filter(|n| !self.registry.offers(&n.id, action)).map(|n| n.id.as_str()).collect();
+                if !missing.is_empty() {
+                    let shown = if missing.len() > 5 {
+                        format!("{}, ...", missing[..5].join(", "))
+                    } else {
+                        missing.join(", ")
+                    };
+                    errors.push(PlanError {
+                        path: format!("steps[{i}] \"{}\".{field}", step.name),
+                        message: format!(
+                            "action \"{action}\" is not offered by {} target node(s) ({shown}); check their agent policy",
+                            missing.len()
+                        ),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(PlanErrors(errors)) }
+    }
+
+    /// Why a job cannot start now, if it cannot.
+    fn blocker(&self, spec: &JobSpec) -> Option<String> {
+        let running = self.jobs.values().filter(|e| e.stage == Stage::Active).count();
+        if running >= self.cfg.max_running {
+            return Some(format!(
+                "waiting for a run slot: {running} jobs running (max_running {})",
+                self.cfg.max_running
+            ));
+        }
+        if spec.plan.rollout.share_nodes {
+            return None;
+        }
+        let mut busy: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for n in &spec.nodes {
+            if let Some(j) = self.locks.get(&n.id) {
+                busy.entry(j.as_str()).or_default().push(n.id.as_str());
+            }
+        }
+        if busy.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = busy
+            .iter()
+            .map(|(j, ns)| {
+                let shown = if ns.len() > 5 {
+                    format!("{}, ... ({} nodes)", ns[..5].join(", "), ns.len())
+                } else {
+                    ns.join(", ")
+                };
+                format!("{shown} (job {j})")
+            })
+            .collect();
+        Some(format!("waiting for busy nodes: {}", parts.join("; ")))
+    }
+
+    /// Start queued jobs in order, as far as slots and nodes allow.
+    fn start_queued(&mut self, now: u64, round: &mut Round) {
+        let queued: Vec<String> = self.queue.iter().cloned().collect();
+        for id in queued {
+            let Some(entry) = self.jobs.get(&id) else { continue };
+            match self.blocker(entry.job.spec()) {
+                Some(why) => {
+                    if let Some(e) = self.jobs.get_mut(&id) {
+                        e.waiting = Some(why);
+                    }
+                }
+                None => {
+                    self.queue.retain(|q| *q != id);
+                    self.start(&id, now, round);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, id: &str, now: u64, round: &mut Round) {
+        let Some(entry) = self.jobs.get_mut(id) else { return };
+        entry.stage = Stage::Active;
+        entry.waiting = None;
+        if !entry.job.spec().plan.rollout.share_nodes {
+            for n in &entry.job.spec().nodes {
+                self.locks.insert(n.id.clone(), id.to_string());
+            }
+        }
+        let spec = Box::new(entry.job.spec().clone());
+        let line = JournalEntry::Spec { spec, created_at_ms: entry.created_at_ms, epoch: self.epoch };
+        if let Ok(bytes) = serde_json::to_vec(&line) {
+            round.journal.push((self.topo.names.job_inputs(id), bytes));
+        }
+        let _ = self.apply(id, Event::Start, now, round);
+    }
+
+    fn cancel_queued(&mut self, id: &str, now: u64, round: &mut Round) {
+        self.queue.retain(|q| q != id);
+        if let Some(e) = self.jobs.get_mut(id) {
+            // Start and cancel at once: the engine records it like any cancel.
+            e.stage = Stage::Active;
+            e.waiting = None;
+        }
+        let _ = self.apply(id, Event::Start, now, round);
+        let _ = self.apply(id, Event::Cancel, now, round);
+    }
+
+    // ----- the engine ----------------------------------------------------------------
+
+    /// Apply one event to a job's engine and collect what it asks for.
+    fn apply(
+        &mut self,
+        id: &str,
+        event: Event,
+        now: u64,
+        round: &mut Round,
+    ) -> Result<(), drover_core::engine::Rejected> {
+        let names = self.topo.names.clone();
+        let epoch = self.epoch;
+        let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
+        let journal = serde_json::to_vec(&JournalEntry::Input { n: entry.inputs + 1, event: event.clone(), now }).ok();
+        let actions = entry.job.handle(event, now)?;
+        entry.inputs += 1;
+        if let Some(bytes) = journal {
+            round.journal.push((names.job_inputs(id), bytes));
+        }
+        round.summaries.insert(id.to_string());
+        for a in actions {
+            match a {
+                Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
+                    let spec = entry.job.spec();
+                    let s = &spec.plan.steps[step];
+                    let n = entry.job.node_index(&node).unwrap_or(0);
+                    let cmd_id =
+                        CommandId { job: id.to_string(), node: node.clone(), step, attempt, kind: CommandKind::Run };
+                    match spec.params(n, step) {
+                        Ok(params) => {
+                            round.commands.push(Command {
+                                id: cmd_id,
+                                epoch,
+                                step_name: s.name.clone(),
+                                action: s.action.clone(),
+                                params,
+                                metadata: serde_json::Value::Null,
+                                timeout_ms,
+                                issued_at_ms: now,
+                                signature: None,
+                            });
+                            entry.active_nodes.insert(node);
+                        }
+                        Err(e) => {
+                            // Cannot happen after admission checks; fail the attempt clearly.
+                            let _ = self.tx.try_send(Input::Rejected {
+                                job: id.to_string(),
+                                id: cmd_id,
+                                reason: format!("params: {}: {}", e.path, e.message),
+                            });
+                        }
+                    }
+                }
+                Action::Rollback { node, step, metadata, timeout_ms, .. } => {
+                    let spec = entry.job.spec();
+                    let s = &spec.plan.steps[step];
+                    let n = entry.job.node_index(&node).unwrap_or(0);
+                    let (action, params) = match spec.rollback_params(n, step) {
+                        Some(p) => (s.rollback.as_ref().map(|r| r.action.clone()).unwrap_or_default(), p),
+                        None => (s.action.clone(), spec.params(n, step)),
+                    };
+                    let cmd_id = CommandId {
+                        job: id.to_string(),
+                        node: node.clone(),
+                        step,
+                        attempt: 1,
+                        kind: CommandKind::Rollback,
+                    };
+                    match params {
+                        Ok(params) => {
+                            round.commands.push(Command {
+                                id: cmd_id,
+                                epoch,
+                                step_name: s.name.clone(),
+                                action,
+                                params,
+                                metadata,
+                                timeout_ms,
+                                issued_at_ms: now,
+                                signature: None,
+                            });
+                            entry.active_nodes.insert(node);
+                        }
+                        Err(e) => {
+                            let _ = self.tx.try_send(Input::Rejected {
+                                job: id.to_string(),
+                                id: cmd_id,
+                                reason: format!("params: {}: {}", e.path, e.message),
+                            });
+                        }
+                    }
+                }
+                Action::CancelStep { node, step, attempt } => {
+                    round.cancels.push(CommandId { job: id.to_string(), node, step, attempt, kind: CommandKind::Run });
+                }
+                Action::SetTimer { at, timer } => round.timers.push((id.to_string(), at, timer)),
+                Action::Emit(p) => {
+                    if p.kind == ProgressKind::NodeFinished
+                        && let Some(n) = &p.node
+                    {
+                        entry.active_nodes.remove(n);
+                    }
+                    if let Ok(bytes) = serde_json::to_vec(&p) {
+                        round.journal.push((names.job_progress(id), bytes));
+                    }
+                }
+                Action::Finish { status, .. } => {
+                    self.metrics.job_finished(status);
+                    round.finished.push(id.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_liveness(&mut self, now: u64, round: &mut Round) {
+        let mut lost = Vec::new();
+        for (id, e) in &self.jobs {
+            if e.stage != Stage::Active {
+                continue;
+            }
+            for n in &e.active_nodes {
+                if let Some(reason) = self.registry.offline_reason(n, now) {
+                    lost.push((id.clone(), n.clone(), reason));
+                }
+            }
+        }
+        for (job, node, reason) in lost {
+            let _ = self.apply(&job, Event::NodeLost { node, reason }, now, round);
+        }
+    }
+
+    /// Make the round durable, then act on it.
+    async fn commit(&mut self, mut round: Round) {
+        // 1. Journal and progress, all published at once, then every ack awaited.
+        write_all(&self.topo.js, std::mem::take(&mut round.journal)).await;
+        // 2. Finished jobs release their nodes; queued jobs may start (a second, small
+        //    round of journal writes).
+        if !round.finished.is_empty() {
+            let now = now_ms();
+            for id in std::mem::take(&mut round.finished) {
+                if let Some(e) = self.jobs.get_mut(&id) {
+                    e.stage = Stage::Done;
+                    e.active_nodes.clear();
+                }
+                self.locks.retain(|_, j| *j != id);
+            }
+            let mut next = Round::default();
+            self.start_queued(now, &mut next);
+            write_all(&self.topo.js, std::mem::take(&mut next.journal)).await;
+            round.commands.extend(next.commands);
+            round.timers.extend(next.timers);
+            round.summaries.extend(next.summaries);
+        }
+        // 3. Act: commands, cancels, timers.
+        for cmd in round.commands {
+            self.metrics.commands.inc();
+            tokio::spawn(dispatch::send_command(
+                self.client.clone(),
+                self.topo.names.clone(),
+                cmd,
+                self.tx.clone(),
+                self.cfg.ack_timeout,
+                self.cfg.ack_deadline,
+            ));
+        }
+        for id in round.cancels {
+            tokio::spawn(dispatch::send_cancel(
+                self.client.clone(),
+                self.topo.names.clone(),
+                id,
+                self.epoch,
+                self.cfg.ack_timeout,
+            ));
+        }
+        let now = now_ms();
+        for (job, at, timer) in round.timers {
+            let tx = self.tx.clone();
+            let delay = Duration::from_millis(at.saturating_sub(now));
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send(Input::Timer { job, timer }).await;
+            });
+        }
+        // 4. Results are acknowledged only now that their effect is journaled.
+        for m in round.acks {
+            if let Err(e) = m.ack().await {
+                tracing::warn!("acking a result: {e}");
+            }
+        }
+        // 5. Job summaries for listing by other processes.
+        for id in round.summaries {
+            if let Some(v) = self.view(&id)
+                && let Ok(bytes) = serde_json::to_vec(&JobSummary::of(&v))
+            {
+                let jobs = self.topo.jobs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = jobs.put(&id, bytes.into()).await {
+                        tracing::warn!("writing job summary {id}: {e}");
+                    }
+                });
+            }
+        }
+        let running = self.jobs.values().filter(|e| e.stage == Stage::Active).count();
+        self.metrics.jobs_running.set(running as i64);
+        self.metrics.jobs_queued.set(self.queue.len() as i64);
+    }
+
+    // ----- views ---------------------------------------------------------------------
+
+    pub fn view(&self, id: &str) -> Option<JobView> {
+        let e = self.jobs.get(id)?;
+        Some(JobView {
+            report: e.job.report(),
+            created_at_ms: e.created_at_ms,
+            waiting: e.waiting.clone(),
+            excluded_offline: e.job.spec().excluded_offline.clone(),
+            last_event: e.job.last_seq(),
+        })
+    }
+
+    fn list(&self, status: Option<JobStatus>, limit: usize, after: Option<String>) -> JobList {
+        let mut out = Vec::new();
+        let mut started = after.is_none();
+        let mut next = None;
+        for id in self.order.iter().rev() {
+            if !started {
+                started = Some(id) == after.as_ref();
+                continue;
+            }
+            let Some(e) = self.jobs.get(id) else { continue };
+            let st = e.job.status();
+            if status.is_some_and(|s| s != st) {
+                continue;
+            }
+            if out.len() == limit {
+                next = out.last().map(|s: &JobSummary| s.id.clone());
+                break;
+            }
+            let summary = JobSummary {
+                id: id.clone(),
+                name: e.job.spec().plan.name.clone(),
+                status: st,
+                reason: e.job.reason().map(str::to_string),
+                created_at_ms: e.created_at_ms,
+                started_at_ms: e.job.times().0,
+                finished_at_ms: e.job.times().1,
+                total_nodes: e.job.spec().nodes.len(),
+                counts: e.job.report().counts,
+                waiting: e.waiting.clone(),
+            };
+            out.push(summary);
+        }
+        JobList { jobs: out, next }
+    }
+}
+
+/// Publish journal lines in order (one connection keeps the order), then wait for every
+/// ack; a line whose ack failed is written again (inputs carry their number, so a line
+/// that landed twice is harmless on replay).
+async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
+    let mut acks = Vec::with_capacity(lines.len());
+    let mut failed = Vec::new();
+    for (subject, bytes) in lines {
+        match js.publish(subject.clone(), bytes.clone().into()).await {
+            Ok(ack) => acks.push((subject, bytes, ack)),
+            Err(_) => failed.push((subject, bytes)),
+        }
+    }
+    for (subject, bytes, ack) in acks {
+        if ack.await.is_err() {
+            failed.push((subject, bytes));
+        }
+    }
+    for (subject, bytes) in failed {
+        publish_retrying(js.clone(), subject, bytes).await;
+    }
+}
+
+/// Publish one journal line, retrying until the stream acknowledges it: the controller
+/// never acts on what is not durable.
+async fn publish_retrying(js: jetstream::Context, subject: String, bytes: Vec<u8>) {
+    let payload: bytes::Bytes = bytes.into();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let r = match js.publish(subject.clone(), payload.clone()).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(%subject, "journal write failed, retrying: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Forward progress to a log line (debug).
+pub fn log_progress(job: &str, p: &Progress) {
+    tracing::debug!(job, seq = p.seq, kind = ?p.kind, node = ?p.node, step = ?p.step, "progress");
+}
