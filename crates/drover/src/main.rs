@@ -4,6 +4,7 @@ mod cmd;
 mod exit;
 mod output;
 mod plan_input;
+mod signals;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,20 @@ struct Cli {
 enum Command {
     /// List the actions this binary offers, or describe one.
     Actions(cmd::actions::ActionsArgs),
+    /// Run the agent on this node: execute commands from the controller.
+    Agent(cmd::agent::AgentArgs),
+    /// Run a controller (REST API, job engine) against an existing NATS.
+    Controller(cmd::controller::ControllerArgs),
+    /// Start a whole local fleet: nats-server, controller and N agents.
+    Dev(cmd::dev::DevArgs),
+    /// Submit a plan (or, with -t, one ad hoc step) to the controller.
+    Run(cmd::run::RunArgs),
+    /// List, inspect, follow and steer jobs.
+    Jobs(cmd::jobs::JobsArgs),
+    /// List and inspect the controller's nodes.
+    Nodes(cmd::nodes::NodesArgs),
+    /// What a plan would do on the live fleet (dry run on the controller).
+    Plan(cmd::plan::PlanArgs),
     /// Run one action on this machine (no controller needed).
     Exec(cmd::exec::ExecArgs),
     /// Print a JSON Schema (the plan format).
@@ -34,9 +49,18 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // Long-running roles log what they do; one-shot commands only warnings.
+    let daemon = matches!(cli.command, Command::Agent(_) | Command::Controller(_));
+    init_tracing(cli.log_json, if daemon { "info" } else { "warn" });
     let code = match cli.command {
         Command::Actions(args) => cmd::actions::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Controller(args) => cmd::controller::run(args),
+        Command::Dev(args) => cmd::dev::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Jobs(args) => cmd::jobs::run(args),
+        Command::Nodes(args) => cmd::nodes::run(args),
+        Command::Plan(args) => cmd::plan::run(args),
         Command::Exec(args) => cmd::exec::run(args),
         Command::Schema(args) => cmd::schema::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
@@ -45,9 +69,9 @@ fn main() -> std::process::ExitCode {
     code.into()
 }
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool, default_level: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -21,11 +21,3 @@ pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> anyhow
     }
     Ok(())
 }
-
-/// A plain table with a header row, no borders.
-pub fn table(header: &[&str]) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::NOTHING);
-    t.set_header(header.to_vec());
-    t
-}

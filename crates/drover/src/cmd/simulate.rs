@@ -1,13 +1,13 @@
 //! `drover simulate PLAN`: run the real engine on a simulated fleet in virtual time.
 
 use crate::exit::Exit;
-use crate::output::{OutputFormat, print_structured, table};
+use crate::output::{OutputFormat, print_structured};
 use crate::plan_input::{load_plan, read_plan_text, report_errors};
+use drover_cli::format::{counts_line, describe, node_table, secs};
 use drover_core::Dur;
-use drover_core::engine::{Event, JobStatus, Progress, ProgressKind};
+use drover_core::engine::{Event, JobStatus};
 use drover_core::resolve::NodeInfo;
 use drover_core::sim::{Fault, FaultKind, SimConfig, SimRun, StepRef, simulate};
-use std::collections::BTreeMap;
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -184,47 +184,6 @@ fn sim_config(args: &SimulateArgs) -> Result<SimConfig, String> {
     Ok(cfg)
 }
 
-fn secs(ms: u64) -> String {
-    format!("{}.{:03}s", ms / 1000, ms % 1000)
-}
-
-/// One timeline line for an event.
-fn describe(e: &Progress, step_names: &[String]) -> String {
-    let step = e.step.and_then(|s| step_names.get(s)).map(String::as_str).unwrap_or("?");
-    let node = e.node.as_deref().unwrap_or("");
-    let attempt = e.attempt.filter(|a| *a > 1).map(|a| format!(" (attempt {a})")).unwrap_or_default();
-    let detail = e.detail.as_deref().unwrap_or("");
-    let with_detail = |s: String| if detail.is_empty() { s } else { format!("{s}: {detail}") };
-    match e.kind {
-        ProgressKind::JobStarted => format!("job started: {detail}"),
-        ProgressKind::BatchStarted => format!("batch {} started ({detail})", e.batch.unwrap_or(0)),
-        ProgressKind::StepStarted => format!("{node} {step} started{attempt}"),
-        ProgressKind::StepSucceeded => format!("{node} {step} succeeded{attempt}"),
-        ProgressKind::StepFailed => with_detail(format!("{node} {step} FAILED{attempt}")),
-        ProgressKind::StepTimedOut => with_detail(format!("{node} {step} TIMED OUT{attempt}")),
-        ProgressKind::StepCancelled => format!("{node} {step} cancelled{attempt}"),
-        ProgressKind::StepSkipped => with_detail(format!("{node} {step} skipped")),
-        ProgressKind::RetryScheduled => format!("{node} {step} retry{attempt} {detail}"),
-        ProgressKind::NodeFinished => format!("{node} finished: {detail}"),
-        ProgressKind::NodeLost => with_detail(format!("{node} LOST")),
-        ProgressKind::BudgetExceeded => format!("FAILURE BUDGET EXCEEDED ({detail})"),
-        ProgressKind::Paused => match e.batch {
-            Some(b) => format!("paused after batch {b}: waiting for approve"),
-            None => format!("paused ({detail})"),
-        },
-        ProgressKind::Resumed => "resumed".into(),
-        ProgressKind::Approved => format!("approved: going on after batch {}", e.batch.unwrap_or(0)),
-        ProgressKind::RollbackRequested => "rollback requested by operator".into(),
-        ProgressKind::RollbackStarted => format!("fleet rollback started ({detail})"),
-        ProgressKind::RollbackStepStarted => format!("{node} undo {step} started"),
-        ProgressKind::RollbackStepSucceeded => format!("{node} undo {step} done"),
-        ProgressKind::RollbackStepFailed => with_detail(format!("{node} undo {step} FAILED")),
-        ProgressKind::CancelRequested => format!("cancel requested ({detail})"),
-        ProgressKind::StaleResultIgnored => with_detail(format!("{node} {step} late result ignored{attempt}")),
-        ProgressKind::JobFinished => format!("job finished: {detail}"),
-    }
-}
-
 fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline: Timeline) {
     let r = &run.report;
     let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
@@ -256,36 +215,9 @@ fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline:
     println!();
     let batches: Vec<String> = r.batches.iter().map(|b| b.len().to_string()).collect();
     println!("batches run: {} (sizes {})", r.batches.len(), batches.join(", "));
-    let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("nodes: {}", counts.join(", "));
+    println!("nodes: {}", counts_line(&r.counts));
     // The per-node table: every node on small fleets, the ones that did not succeed on large.
-    let nodes: BTreeMap<&String, _> = r
-        .nodes
-        .iter()
-        .filter(|(_, n)| r.total_nodes <= 50 || n.outcome != drover_core::engine::NodeOutcome::Succeeded)
-        .collect();
-    if !nodes.is_empty() {
-        let mut t = table(&["NODE", "BATCH", "OUTCOME", "STEPS"]);
-        let mut order: Vec<(&&String, _)> = nodes.iter().collect();
-        order.sort_by(|a, b| drover_core::resolve::natural_cmp(a.0, b.0));
-        for (id, n) in order.into_iter().take(200) {
-            let steps: Vec<String> = n
-                .steps
-                .iter()
-                .map(|s| {
-                    if s.attempts > 1 {
-                        format!("{}:{}x{}", s.name, s.status, s.attempts)
-                    } else {
-                        format!("{}:{}", s.name, s.status)
-                    }
-                })
-                .collect();
-            let outcome = match n.failure {
-                Some(f) => format!("{} ({f})", n.outcome),
-                None => n.outcome.to_string(),
-            };
-            t.add_row(vec![id.to_string(), n.batch.to_string(), outcome, steps.join(" ")]);
-        }
+    if let Some(t) = node_table(r) {
         println!("{t}");
     }
     let reason = r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();

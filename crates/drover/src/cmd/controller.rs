@@ -1,0 +1,82 @@
+//! `drover controller`: run a controller against an existing NATS (cluster).
+
+use crate::exit::Exit;
+use drover_controller::ControllerConfig;
+use drover_core::wire::Names;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "DROVER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address the REST API listens on.
+    #[arg(long, env = "DROVER_API_ADDR", default_value = "127.0.0.1:7070")]
+    pub api_addr: SocketAddr,
+    /// Subject prefix shared with the agents.
+    #[arg(long, default_value = drover_core::wire::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Jobs running at once; more wait in the queue.
+    #[arg(long, default_value_t = 16)]
+    pub max_running: usize,
+    /// Jobs waiting at once; beyond it, submissions get 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: usize,
+    /// A node without a heartbeat for this long is offline (lost if a job uses it).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// Replicas of streams and buckets (3 in a NATS cluster).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    drover_core::Dur::parse(s).map(|d| d.as_std())
+}
+
+impl ControllerArgs {
+    pub fn config(&self) -> ControllerConfig {
+        let mut cfg = ControllerConfig {
+            names: Names::new(&self.prefix),
+            api_addr: self.api_addr,
+            max_running: self.max_running,
+            max_pending: self.max_pending,
+            heartbeat_timeout: self.heartbeat_timeout,
+            ..ControllerConfig::default()
+        };
+        cfg.topology.replicas = self.replicas;
+        cfg
+    }
+}
+
+pub fn run(args: ControllerArgs) -> Exit {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error;
+        }
+    };
+    rt.block_on(async move {
+        let client = match drover_bus::connect(&args.nats_url, "drover-controller").await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Error;
+            }
+        };
+        let handle = match drover_controller::start(args.config(), client).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Error;
+            }
+        };
+        eprintln!("drover controller: API on {} (NATS {})", handle.url(), args.nats_url);
+        crate::signals::wait_for_stop().await;
+        eprintln!("stopping...");
+        handle.shutdown().await;
+        Exit::Success
+    })
+}

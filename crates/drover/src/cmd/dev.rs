@@ -1,0 +1,117 @@
+//! `drover dev`: a whole local fleet in one command — a managed nats-server, a
+//! controller and N in-process agents.
+
+use crate::exit::Exit;
+use drover_bus::server::ManagedServer;
+use drover_controller::ControllerConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Number of in-process agents (nodes local-1..local-N).
+    #[arg(long, default_value_t = 5)]
+    pub agents: usize,
+    /// Address the REST API listens on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub api_addr: SocketAddr,
+    /// Where the NATS store, agent journals and logs go.
+    #[arg(long, default_value = ".drover")]
+    pub data_dir: PathBuf,
+    /// Use this NATS server instead of starting one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Let the agents run `shell` steps (off by default, as on real agents).
+    #[arg(long)]
+    pub allow_shell: bool,
+}
+
+/// A running local fleet.
+pub struct DevFleet {
+    pub server: Option<ManagedServer>,
+    pub nats_url: String,
+    pub controller: drover_controller::ControllerHandle,
+    pub agents: Vec<drover_agent::AgentHandle>,
+}
+
+impl DevFleet {
+    /// Start everything; agents are ready when this returns.
+    pub async fn start(args: &DevArgs) -> anyhow::Result<DevFleet> {
+        use anyhow::Context;
+        if args.agents == 0 || args.agents > 1000 {
+            anyhow::bail!("--agents must be between 1 and 1000, got {}", args.agents);
+        }
+        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+        let data_dir =
+            std::fs::canonicalize(&args.data_dir).with_context(|| format!("resolving {}", args.data_dir.display()))?;
+        let (server, nats_url) = match &args.nats_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let s = ManagedServer::start(&data_dir.join("nats"))?;
+                let url = s.url().to_string();
+                (Some(s), url)
+            }
+        };
+        let client = drover_bus::connect(&nats_url, "drover-dev-controller").await?;
+        let cfg = ControllerConfig { api_addr: args.api_addr, ..ControllerConfig::default() };
+        let controller = drover_controller::start(cfg, client).await?;
+        let mut agents = Vec::with_capacity(args.agents);
+        for i in 1..=args.agents {
+            let id = format!("local-{i}");
+            let client = drover_bus::connect(&nats_url, &format!("drover-agent-{id}")).await?;
+            let mut cfg = drover_agent::AgentConfig::new(&id, data_dir.join("agents").join(&id));
+            cfg.labels = drover_core::resolve::demo_labels(i);
+            let mut policy = drover_actions::Policy::default();
+            if args.allow_shell {
+                policy.allow.push("shell".into());
+            }
+            // file.* may touch the temp dir and the fleet's own data dir only.
+            policy.paths = vec![std::env::temp_dir(), data_dir.clone()];
+            cfg.policy = policy;
+            agents.push(drover_agent::Agent::start(cfg, client).await.with_context(|| format!("starting agent {id}"))?);
+        }
+        Ok(DevFleet { server, nats_url, controller, agents })
+    }
+
+    /// Drain the agents, stop the controller and the server.
+    pub async fn stop(mut self) {
+        let drains: Vec<_> = self.agents.drain(..).map(|a| a.shutdown()).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(drains)).await;
+        self.controller.shutdown().await;
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+pub fn run(args: DevArgs) -> Exit {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error;
+        }
+    };
+    rt.block_on(async move {
+        let fleet = match DevFleet::start(&args).await {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Exit::Error;
+            }
+        };
+        let url = fleet.controller.url();
+        let api_hint = if url == "http://127.0.0.1:7070" { String::new() } else { format!("export DROVER_API={url}\n  ") };
+        println!(
+            "drover dev: a local fleet is running\n\n  API        {url}\n  NATS       {}\n  nodes      local-1..local-{} (labels role=web|db, zone=a|b)\n  data       {}\n\nTry, in another shell:\n  {api_hint}drover nodes list\n  drover run examples/rolling-rollback.yaml --watch\n\nCtrl-C stops everything.",
+            fleet.nats_url,
+            args.agents,
+            args.data_dir.display()
+        );
+        crate::signals::wait_for_stop().await;
+        eprintln!("stopping the local fleet...");
+        fleet.stop().await;
+        Exit::Success
+    })
+}

@@ -1,0 +1,174 @@
+//! A real fleet for integration tests: a nats-server on a random loopback port in a temp
+//! dir, a controller on a free port, and agents in-process, each with its own NATS
+//! connection. Everything stops when the `Fleet` is dropped or stopped.
+
+#![allow(dead_code)]
+
+use drover_agent::{Agent, AgentConfig, AgentHandle};
+use drover_bus::server::ManagedServer;
+use drover_controller::{ControllerConfig, ControllerHandle};
+use drover_core::api::JobView;
+use drover_core::engine::JobStatus;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub server: ManagedServer,
+    pub controller: Option<ControllerHandle>,
+    pub agents: BTreeMap<String, AgentHandle>,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+/// How to build a test fleet.
+pub struct Options {
+    pub agents: usize,
+    pub labels: Box<dyn Fn(usize) -> BTreeMap<String, String>>,
+    pub controller: ControllerConfig,
+    pub allow_shell: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let mut controller = ControllerConfig {
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            heartbeat_timeout: Duration::from_secs(2),
+            ack_deadline: Duration::from_secs(3),
+            ..ControllerConfig::default()
+        };
+        controller.engine.deadline_grace_ms = 1_000;
+        controller.engine.cancel_grace_ms = 3_000;
+        Options { agents: 3, labels: Box::new(drover_core::resolve::demo_labels), controller, allow_shell: true }
+    }
+}
+
+impl Fleet {
+    pub async fn start(opts: Options) -> Fleet {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = ManagedServer::start(&dir.path().join("nats")).expect("nats-server starts");
+        let client = drover_bus::connect(server.url(), "test-controller").await.expect("connect");
+        let controller = drover_controller::start(opts.controller, client).await.expect("controller starts");
+        let url = controller.url();
+        let mut fleet = Fleet {
+            dir,
+            server,
+            controller: Some(controller),
+            agents: BTreeMap::new(),
+            url,
+            http: reqwest::Client::new(),
+        };
+        for i in 1..=opts.agents {
+            let id = format!("n{i}");
+            fleet.start_agent(&id, (opts.labels)(i), opts.allow_shell).await;
+        }
+        fleet.wait_nodes(opts.agents).await;
+        fleet
+    }
+
+    pub fn agent_config(&self, id: &str, labels: BTreeMap<String, String>, allow_shell: bool) -> AgentConfig {
+        let mut cfg = AgentConfig::new(id, self.dir.path().join("agents").join(id));
+        cfg.labels = labels;
+        cfg.heartbeat = Duration::from_millis(200);
+        if allow_shell {
+            cfg.policy.allow.push("shell".into());
+        }
+        cfg
+    }
+
+    pub async fn start_agent(&mut self, id: &str, labels: BTreeMap<String, String>, allow_shell: bool) {
+        let cfg = self.agent_config(id, labels, allow_shell);
+        let client = drover_bus::connect(self.server.url(), &format!("test-agent-{id}")).await.expect("connect");
+        let h = Agent::start(cfg, client).await.expect("agent starts");
+        self.agents.insert(id.to_string(), h);
+    }
+
+    /// Wait until the controller sees `n` online nodes.
+    pub async fn wait_nodes(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v: serde_json::Value = self.get("/v1/nodes").await;
+            let online = v["nodes"].as_array().map(|a| a.iter().filter(|n| n["online"] == true).count()).unwrap_or(0);
+            if online >= n {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {online} of {n} nodes online: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let r = self.http.get(format!("{}{path}", self.url)).send().await.expect("GET");
+        r.json().await.expect("JSON body")
+    }
+
+    pub async fn post(&self, path: &str, body: &str, content_type: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST");
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Submit a YAML plan; panics unless it is accepted.
+    pub async fn submit(&self, plan: &str) -> String {
+        let (code, v) = self.post("/v1/jobs", plan, "application/yaml").await;
+        assert_eq!(code, 201, "submit failed: {v}");
+        v["job_id"].as_str().expect("job_id").to_string()
+    }
+
+    pub async fn job(&self, id: &str) -> JobView {
+        let r = self.http.get(format!("{}/v1/jobs/{id}", self.url)).send().await.expect("GET job");
+        r.json().await.expect("job JSON")
+    }
+
+    /// Wait until the job's status is one of `want` (or final), within `limit`.
+    pub async fn wait_status(&self, id: &str, want: &[JobStatus], limit: Duration) -> JobView {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.job(id).await;
+            if want.contains(&v.report.status) || v.report.status.is_final() {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} still {} after {limit:?}: {:?}",
+                v.report.status,
+                v.report.counts
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_final(&self, id: &str, limit: Duration) -> JobView {
+        self.wait_status(id, &[], limit).await
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn stop(mut self) {
+        for (_, a) in std::mem::take(&mut self.agents) {
+            a.kill();
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// Is a process gone (or a zombie)?
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}

@@ -1,0 +1,331 @@
+//! The fleet runtime end to end: a real nats-server per test, a controller and agents,
+//! driven through the REST API.
+
+mod common;
+
+use common::{Fleet, Options, process_gone};
+use drover_core::engine::{JobStatus, NodeOutcome, StepStatus};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_job_on_five_agents() {
+    let fleet = Fleet::start(Options { agents: 5, ..Options::default() }).await;
+    let dir = fleet.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = format!(
+        "name: hello\ntargets: {{all: true}}\nsteps:\n  - {{name: hi, action: echo, with: {{message: 'hi from {{{{node.id}}}}'}}}}\n  - {{name: mark, action: file.write, with: {{path: '{}/{{{{node.id}}}}.txt', content: 'job {{{{job.id}}}}'}}}}\n",
+        dir.display()
+    );
+    let id = fleet.submit(&plan).await;
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&5));
+    for i in 1..=5 {
+        let text = std::fs::read_to_string(dir.join(format!("n{i}.txt"))).unwrap();
+        assert_eq!(text, format!("job {id}"));
+    }
+    // Per-node detail has the output of every step.
+    let d = fleet.get(&format!("/v1/jobs/{id}/nodes/n2")).await;
+    assert_eq!(d["steps"][0]["results"][0]["stdout"], "hi from n2\n", "{d}");
+    assert_eq!(d["steps"][1]["status"], "succeeded");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_job_trips_the_budget_and_rolls_the_fleet_back() {
+    // n4's files go to a directory that does not exist, so its write fails.
+    let base = tempfile::tempdir().unwrap();
+    let good = base.path().join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    let bad = base.path().join("missing");
+    let (g, b) = (good.display().to_string(), bad.display().to_string());
+    let labels = move |i: usize| -> BTreeMap<String, String> {
+        [("dir".to_string(), if i == 4 { b.clone() } else { g.clone() })].into()
+    };
+    let fleet = Fleet::start(Options { agents: 6, labels: Box::new(labels), ..Options::default() }).await;
+    let plan = "name: roll\ntargets: {all: true}\nrollout: {strategy: rolling, batch: 2, max_failures: 0, on_budget_exceeded: rollback}\nsteps:\n  - {name: write, action: file.write, with: {path: '{{node.labels.dir}}/{{node.id}}.conf', content: 'v2'}}\n  - {name: check, action: test.succeed}\n";
+    let id = fleet.submit(plan).await;
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::RolledBack, "{:?}", v.report);
+    let n = &v.report.nodes;
+    assert_eq!(n["n4"].outcome, NodeOutcome::Failed);
+    for done in ["n1", "n2", "n3"] {
+        assert_eq!(n[done].outcome, NodeOutcome::RolledBack, "{done}: {:?}", n[done]);
+    }
+    for skipped in ["n5", "n6"] {
+        assert_eq!(n[skipped].outcome, NodeOutcome::Skipped);
+    }
+    // The files written by file.write are gone again on every node.
+    let left: Vec<_> = std::fs::read_dir(&good).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "files left after rollback: {left:?}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_step_succeeds_on_retry() {
+    let fleet = Fleet::start(Options { agents: 2, ..Options::default() }).await;
+    let plan = "name: flaky\ntargets: {all: true}\nsteps:\n  - {name: f, action: test.flaky, with: {fail_times: 2}, retries: 2, retry_backoff: 100ms}\n";
+    let id = fleet.submit(plan).await;
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    assert_eq!(v.report.nodes["n1"].steps[0].attempts, 3);
+    let d = fleet.get(&format!("/v1/jobs/{id}/nodes/n1")).await;
+    let outcomes: Vec<&str> =
+        d["steps"][0]["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, vec!["failed", "failed", "succeeded"]);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_kills_the_work_on_the_agent() {
+    let fleet = Fleet::start(Options { agents: 1, ..Options::default() }).await;
+    let pidfile = fleet.path("pid");
+    let plan = format!(
+        "name: slow\ntargets: {{all: true}}\nrollout: {{max_failures: -1}}\nsteps:\n  - {{name: s, action: shell, timeout: 1s, with: {{command: 'echo $$ > {}; sleep 30'}}}}\n",
+        pidfile.display()
+    );
+    let started = std::time::Instant::now();
+    let id = fleet.submit(&plan).await;
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.nodes["n1"].outcome, NodeOutcome::TimedOut, "{:?}", v.report);
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(process_gone(pid), "the step's process {pid} survived its timeout");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_running_steps() {
+    let fleet = Fleet::start(Options { agents: 3, ..Options::default() }).await;
+    let dir = fleet.path("pids");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = format!(
+        "name: long\ntargets: {{all: true}}\nsteps:\n  - {{name: s, action: shell, timeout: 5m, with: {{command: 'echo $$ > {}/{{{{node.id}}}}; sleep 60'}}}}\n  - {{name: after, action: echo, with: {{message: never}}}}\n",
+        dir.display()
+    );
+    let id = fleet.submit(&plan).await;
+    // Wait until every node runs the step.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while std::fs::read_dir(&dir).unwrap().count() < 3 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, r) = fleet.post(&format!("/v1/jobs/{id}/cancel"), "", "application/json").await;
+    assert_eq!(code, 200, "{r}");
+    let v = fleet.wait_final(&id, Duration::from_secs(10)).await;
+    assert_eq!(v.report.status, JobStatus::Cancelled);
+    for i in 1..=3 {
+        let n = &v.report.nodes[&format!("n{i}")];
+        assert_eq!(n.outcome, NodeOutcome::Cancelled, "{n:?}");
+        assert_eq!(n.steps[1].status, StepStatus::NotRun);
+        let pid: u32 = std::fs::read_to_string(dir.join(format!("n{i}"))).unwrap().trim().parse().unwrap();
+        assert!(process_gone(pid), "n{i}'s step process {pid} survived the cancel");
+    }
+    // A second cancel is refused with the reason.
+    let (code, r) = fleet.post(&format!("/v1/jobs/{id}/cancel"), "", "application/json").await;
+    assert_eq!(code, 409, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("already cancelled"), "{r}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_after_a_batch_waits_for_approve() {
+    let fleet = Fleet::start(Options { agents: 4, ..Options::default() }).await;
+    let plan = "name: canary\ntargets: {all: true}\nrollout: {strategy: rolling, batch: [1, \"50%\"], pause_after_batches: [1]}\nsteps:\n  - {name: s, action: test.succeed}\n";
+    let id = fleet.submit(plan).await;
+    let v = fleet.wait_status(&id, &[JobStatus::Paused], LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Paused);
+    // Wait for the canary to finish; nothing else starts while paused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = fleet.job(&id).await;
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&1), "{:?}", v.report.counts);
+    assert_eq!(v.report.counts.get(&NodeOutcome::Pending), Some(&3));
+    let (code, _) = fleet.post(&format!("/v1/jobs/{id}/resume"), "", "application/json").await;
+    assert_eq!(code, 409, "resume is not approve");
+    let (code, r) = fleet.post(&format!("/v1/jobs/{id}/approve"), "", "application/json").await;
+    assert_eq!(code, 200, "{r}");
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded);
+    assert_eq!(v.report.batches.len(), 3);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_mid_job_is_unreachable_and_counts() {
+    let mut fleet = Fleet::start(Options { agents: 3, ..Options::default() }).await;
+    let plan = "name: die\ntargets: {all: true}\nrollout: {max_failures: 0, on_budget_exceeded: halt}\nsteps:\n  - {name: s, action: sleep, with: {duration: 3s}}\n";
+    let id = fleet.submit(plan).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // n2 dies like a SIGKILLed process: no drain, no result.
+    fleet.agents.remove("n2").unwrap().kill();
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.nodes["n2"].outcome, NodeOutcome::Unreachable, "{:?}", v.report);
+    assert_eq!(v.report.failed_nodes, 1);
+    assert_eq!(v.report.status, JobStatus::Halted);
+    assert_eq!(v.report.nodes["n1"].outcome, NodeOutcome::Succeeded);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plans_are_rejected_with_every_field_named() {
+    let fleet = Fleet::start(Options { agents: 1, ..Options::default() }).await;
+    let plan = "name: bad\ntargets: {selector: 'role in (web'}\nrollout: {strategy: rolling, batch: \"120%\"}\nsteps:\n  - {name: a, action: file.write, with: {pth: /tmp/x}, retires: 2}\n  - {name: b, action: no.such}\n";
+    let (code, v) = fleet.post("/v1/jobs", plan, "application/yaml").await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"], "invalid plan");
+    let details: Vec<String> =
+        v["details"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    for want in [
+        "targets.selector:",
+        "rollout.batch: \"120%\" is over 100%",
+        "steps[0] \"a\": unknown field \"retires\"",
+        "steps[0] \"a\".with.pth: unknown param",
+        "steps[0] \"a\".with.path: required param missing",
+        "steps[1] \"b\".action: unknown action \"no.such\"",
+    ] {
+        assert!(details.iter().any(|d| d.starts_with(want)), "missing {want:?} in {details:#?}");
+    }
+    // Malformed JSON says so.
+    let (code, v) = fleet.post("/v1/jobs", "{\"name\": ", "application/json").await;
+    assert_eq!(code, 400);
+    assert!(v["details"][0].as_str().unwrap().starts_with("not valid JSON"), "{v}");
+    // A node that does not offer an action (shell is off on this agent's policy? no: on).
+    let (code, v) = fleet
+        .post(
+            "/v1/jobs",
+            "name: x\ntargets: {nodes: [n9]}\nsteps: [{name: a, action: echo, with: {message: hi}}]\n",
+            "application/yaml",
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert_eq!(v["details"][0], "targets.nodes[0]: unknown node \"n9\"");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_give_429() {
+    let mut opts = Options { agents: 1, ..Options::default() };
+    opts.controller.max_running = 1;
+    opts.controller.max_pending = 1;
+    let fleet = Fleet::start(opts).await;
+    let long = "name: long\ntargets: {all: true}\nsteps: [{name: s, action: sleep, with: {duration: 30s}}]\n";
+    let a = fleet.submit(long).await;
+    let b = fleet.submit(long).await;
+    let vb = fleet.job(&b).await;
+    assert_eq!(vb.report.status, JobStatus::Pending);
+    let waiting = vb.waiting.unwrap_or_default();
+    assert!(waiting.contains("max_running 1") || waiting.contains("busy"), "{waiting}");
+    let (code, v) = fleet.post("/v1/jobs", long, "application/yaml").await;
+    assert_eq!(code, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("queue is full"), "{v}");
+    // Cancelling the running job lets the queued one start.
+    fleet.post(&format!("/v1/jobs/{a}/cancel"), "", "application/json").await;
+    fleet.wait_status(&b, &[JobStatus::Running], LIMIT).await;
+    fleet.post(&format!("/v1/jobs/{b}/cancel"), "", "application/json").await;
+    fleet.wait_final(&b, LIMIT).await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_command_is_not_run_twice() {
+    use drover_core::wire::{Command, CommandId, CommandKind, Names, Reply, ReplyStatus, Request};
+    let fleet = Fleet::start(Options { agents: 1, ..Options::default() }).await;
+    let file = fleet.path("count");
+    let cmd = Command {
+        id: CommandId { job: "manual".into(), node: "n1".into(), step: 0, attempt: 1, kind: CommandKind::Run },
+        epoch: 1,
+        step_name: "append".into(),
+        action: "shell".into(),
+        params: serde_json::json!({ "command": format!("echo once >> {}", file.display()) }),
+        metadata: serde_json::Value::Null,
+        timeout_ms: 10_000,
+        issued_at_ms: 0,
+        signature: None,
+    };
+    let client = drover_bus::connect(fleet.server.url(), "test").await.unwrap();
+    let subject = Names::default().command("n1");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r: Reply =
+            drover_bus::request_json(&client, subject.clone(), &Request::Run(cmd.clone()), Duration::from_secs(2))
+                .await
+                .unwrap();
+        statuses.push(r.status);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(statuses, vec![ReplyStatus::Accepted, ReplyStatus::Duplicate, ReplyStatus::Duplicate]);
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count(), 1, "the command ran more than once: {lines:?}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_describes_itself_and_reports_health() {
+    let fleet = Fleet::start(Options { agents: 1, ..Options::default() }).await;
+    let doc = fleet.get("/v1/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/jobs/{id}/events"].is_object());
+    assert_eq!(fleet.get("/v1/health").await["status"], "ok");
+    assert_eq!(fleet.get("/v1/ready").await["status"], "ready");
+    let actions = fleet.get("/v1/actions").await;
+    assert!(
+        actions["actions"].as_array().unwrap().iter().any(|a| a["name"] == "file.write" && a["offered_by"] == 1),
+        "{actions}"
+    );
+    let node = fleet.get("/v1/nodes/n1").await;
+    assert_eq!(node["node"]["online"], true, "{node}");
+    let (code, v) = fleet.post("/v1/jobs?dry_run=true", "name: x\ntargets: {all: true}\nrollout: {strategy: sequential}\nsteps: [{name: a, action: echo, with: {message: hi}}]\n", "application/yaml").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["batches"], serde_json::json!([["n1"]]));
+    let r = fleet.http.get(format!("{}/metrics", fleet.url)).send().await.unwrap().text().await.unwrap();
+    assert!(r.contains("drover_jobs_submitted"), "{r}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_streams_as_server_sent_events_and_resumes() {
+    let fleet = Fleet::start(Options { agents: 2, ..Options::default() }).await;
+    let id = fleet
+        .submit("name: sse\ntargets: {all: true}\nsteps: [{name: s, action: sleep, with: {duration: 300ms}}]\n")
+        .await;
+    // Subscribe while the job runs; the stream ends after job_finished.
+    let text = tokio::time::timeout(LIMIT, async {
+        fleet.http.get(format!("{}/v1/jobs/{id}/events", fleet.url)).send().await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the event stream ends");
+    let ids: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|v| v.parse().unwrap()).collect();
+    assert!(ids.len() >= 6, "{text}");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids not consecutive: {ids:?}");
+    assert!(text.contains("\"kind\":\"job_finished\""), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+    // Resume from an event number: only the later events come.
+    let from = ids[3];
+    let again = fleet
+        .http
+        .get(format!("{}/v1/jobs/{id}/events?from={from}", fleet.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ids2: Vec<u64> = again.lines().filter_map(|l| l.strip_prefix("id: ")).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(ids2, ids[3..].to_vec());
+    // Past the end of a finished job: just `end`.
+    let last = ids.last().unwrap() + 1;
+    let tail = fleet
+        .http
+        .get(format!("{}/v1/jobs/{id}/events?from={last}", fleet.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(tail.contains("event: end") && !tail.contains("event: progress"), "{tail}");
+    fleet.stop().await;
+}
