@@ -321,7 +321,11 @@ pub fn preview_text(p: &PlanPreview) -> String {
     );
     let budget = match p.max_failures {
         Some(0) => "the first failed node trips it (max_failures 0)".to_string(),
-        Some(m) => format!("trips when more than {m} nodes fail"),
+        Some(m) => format!(
+            "trips when more than {} fail{}",
+            drover_core::count(m, "node", "nodes"),
+            if m == 1 { "s" } else { "" }
+        ),
         None => "none (max_failures -1)".to_string(),
     };
     let _ = writeln!(s, "targets:  {}", id_list(&p.targets, 20));
@@ -335,7 +339,7 @@ pub fn preview_text(p: &PlanPreview) -> String {
     let _ = writeln!(s, "batches:");
     let shown = 100;
     for (i, b) in p.batches.iter().enumerate().take(shown) {
-        let _ = writeln!(s, "  {:>3}  {:>4} nodes  {}", i + 1, b.len(), id_list(b, 12));
+        let _ = writeln!(s, "  {:>3}  {:>10}  {}", i + 1, drover_core::count(b.len(), "node", "nodes"), id_list(b, 12));
     }
     if p.batches.len() > shown {
         let _ = writeln!(s, "  ... {} more batches (-o json has them all)", p.batches.len() - shown);
@@ -499,7 +503,7 @@ mod tests {
         let t = preview_text(&p);
         assert!(t.starts_with("plan \"up\": 3 targets in 2 batches, 2 steps (s1, s2)\n"), "{t}");
         assert!(t.contains("targets:  a, b, c\n"), "{t}");
-        assert!(t.contains("budget:   trips when more than 1 nodes fail"));
+        assert!(t.contains("budget:   trips when more than 1 node fails"));
         assert!(t.contains("offline (count as failed at start): c"));
         assert!(t.contains("    2     2 nodes  b, c\n"), "{t}");
         assert_eq!(id_list(&["a".into(), "b".into(), "c".into()], 2), "a, b, ... (+1 more)");

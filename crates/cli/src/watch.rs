@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(b.job.position(), 1);
         // A node finished before its batch bar exists (offline at submission).
         fin(&mut b, "b", Some(2), "unreachable");
-        b.event(&ev(ProgressKind::BatchStarted, Some(2), Some("1 nodes")));
+        b.event(&ev(ProgressKind::BatchStarted, Some(2), Some("1 node")));
         assert_eq!(b.batches[&2].position(), 1);
         assert!(b.batches[&2].is_finished());
         assert_eq!(b.job.position(), 2);

@@ -64,7 +64,7 @@ fn ev(seq: u64, kind: ProgressKind, node: Option<&str>, batch: Option<usize>, de
 fn events(status: JobStatus) -> Vec<Progress> {
     let outcome = if status == JobStatus::Succeeded { "succeeded" } else { "failed" };
     vec![
-        ev(1, ProgressKind::JobStarted, None, None, Some("2 nodes in 1 batches")),
+        ev(1, ProgressKind::JobStarted, None, None, Some("2 nodes in 1 batch")),
         ev(2, ProgressKind::BatchStarted, None, Some(1), Some("2 nodes")),
         ev(3, ProgressKind::StepStarted, Some("web-1"), None, None),
         ev(4, ProgressKind::StepStarted, Some("web-2"), None, None),

@@ -21,3 +21,8 @@ pub use catalog::Catalog;
 pub use duration::Dur;
 pub use parse::{Format, PlanError, PlanErrors, check_plan, parse_plan};
 pub use plan::Plan;
+
+/// `1 node`, `2 nodes`: a count with its noun, for messages people read.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+}

@@ -205,7 +205,7 @@ fn failed_rollback_fails_the_job_and_stops_that_nodes_undo() {
     ];
     let r = simulate(&plan("{strategy: sequential}", THREE_STEPS), &cfg).unwrap();
     assert_eq!(r.report.status, JobStatus::Failed);
-    assert_eq!(r.report.reason.as_deref(), Some("rollback failed on 1 nodes"));
+    assert_eq!(r.report.reason.as_deref(), Some("rollback failed on 1 node"));
     let st: Vec<StepStatus> = r.report.nodes["node-1"].steps.iter().map(|s| s.status).collect();
     assert_eq!(st, vec![StepStatus::Succeeded, StepStatus::RollbackFailed, StepStatus::RolledBack]);
     assert_eq!(outcome(&r, "node-1"), NodeOutcome::RollbackFailed);

@@ -486,7 +486,11 @@ impl Job {
         self.started_at = Some(now);
         let (nodes, batches) = (self.nodes.len(), self.batches.len());
         self.emit(out, now, ProgressKind::JobStarted, |p| {
-            p.detail = Some(format!("{nodes} nodes in {batches} batches"))
+            p.detail = Some(format!(
+                "{} in {}",
+                crate::count(nodes, "node", "nodes"),
+                crate::count(batches, "batch", "batches")
+            ))
         });
         if let Some(t) = self.spec.plan.job_timeout {
             out.push(Action::SetTimer { at: now + t.as_millis(), timer: Timer::JobTimeout });
@@ -650,7 +654,7 @@ impl Job {
             let size = self.batches[b].size;
             self.emit(out, now, ProgressKind::BatchStarted, |p| {
                 p.batch = Some(b + 1);
-                p.detail = Some(format!("{size} nodes"));
+                p.detail = Some(crate::count(size, "node", "nodes"));
             });
         }
     }
@@ -1135,7 +1139,9 @@ impl Job {
             return;
         }
         self.rollback_queue = queue;
-        self.emit(out, now, ProgressKind::RollbackStarted, |p| p.detail = Some(format!("{count} nodes to roll back")));
+        self.emit(out, now, ProgressKind::RollbackStarted, |p| {
+            p.detail = Some(format!("{} to roll back", crate::count(count, "node", "nodes")))
+        });
         self.pump_rollback(now, out);
     }
 
@@ -1156,7 +1162,12 @@ impl Job {
                 let r = self.reason.clone();
                 self.finish(JobStatus::RolledBack, r, now, out);
             } else {
-                self.finish(JobStatus::Failed, Some(format!("rollback failed on {failed} nodes")), now, out);
+                self.finish(
+                    JobStatus::Failed,
+                    Some(format!("rollback failed on {}", crate::count(failed, "node", "nodes"))),
+                    now,
+                    out,
+                );
             }
         }
     }

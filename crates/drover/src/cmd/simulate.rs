@@ -188,11 +188,11 @@ fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline:
     let r = &run.report;
     let step_names: Vec<String> = plan.steps.iter().map(|s| s.name.clone()).collect();
     println!(
-        "simulating \"{}\": {} nodes, {} batches planned, {} steps, {} per step (virtual time)",
+        "simulating \"{}\": {}, {} planned, {}, {} per step (virtual time)",
         plan.name,
-        r.total_nodes,
-        r.planned_batches,
-        plan.steps.len(),
+        drover_core::count(r.total_nodes, "node", "nodes"),
+        drover_core::count(r.planned_batches, "batch", "batches"),
+        drover_core::count(plan.steps.len(), "step", "steps"),
         cfg.step_time
     );
     let show = match timeline {
