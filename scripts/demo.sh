@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # From a fresh machine with Rust to a rollout you can watch: installs nats-server if
 # missing, builds drover, starts a local fleet (`drover dev`: nats-server, controller,
-# 5 agents), runs examples/rolling-rollback.yaml with --watch, then stops the fleet.
+# 5 agents), runs examples/rolling-rollback.yaml and examples/budget-rollback.yaml with
+# --watch, then stops the fleet.
 #   scripts/demo.sh [--keep]     --keep leaves the fleet running afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,19 +27,35 @@ DEV_PID=$!
 stop_fleet() { kill -TERM "$DEV_PID" 2>/dev/null || true; wait "$DEV_PID" 2>/dev/null || true; }
 if [ "${1:-}" != "--keep" ]; then trap stop_fleet EXIT; fi
 
-for _ in $(seq 1 100); do
-  curl -fsS "$DROVER_API/v1/ready" >/dev/null 2>&1 && break
+# `drover dev` prints its banner once the controller sees every agent online.
+for _ in $(seq 1 300); do
+  grep -q "a local fleet is running" .drover/dev.log 2>/dev/null && break
   kill -0 "$DEV_PID" 2>/dev/null || { echo "error: drover dev exited; see .drover/dev.log:" >&2; cat .drover/dev.log >&2; exit 1; }
   sleep 0.2
 done
+grep -q "a local fleet is running" .drover/dev.log || { echo "error: drover dev did not become ready in 60s; see .drover/dev.log" >&2; exit 1; }
 
 echo "== the local fleet" >&2
 "$DROVER" nodes list
 echo >&2
-echo "== drover run examples/rolling-rollback.yaml --watch" >&2
-status=0
-"$DROVER" run examples/rolling-rollback.yaml --watch || status=$?
+echo "== drover run examples/rolling-rollback.yaml --watch   (a rolling rollout that succeeds)" >&2
+first=0
+"$DROVER" run examples/rolling-rollback.yaml --watch || first=$?
 echo >&2
+echo "== drover run examples/budget-rollback.yaml --watch   (two nodes fail: the budget trips, the fleet is rolled back)" >&2
+second=0
+"$DROVER" run examples/budget-rollback.yaml --watch || second=$?
+echo >&2
+echo "== config files left by the rolled-back job (none expected):" >&2
+ls /tmp/drover-demo-local-*.conf 2>/dev/null || echo "(none)" >&2
+echo >&2
+status=0
+if [ "$first" != 0 ]; then
+  echo "error: the rolling rollout did not succeed (exit $first)" >&2; status=1
+fi
+if [ "$second" != 1 ]; then
+  echo "error: the budget demo should end rolled back (exit 1), got exit $second" >&2; status=1
+fi
 if [ "${1:-}" = "--keep" ]; then
   echo "The fleet keeps running (pid $DEV_PID, API $DROVER_API). Stop it with: kill $DEV_PID" >&2
 else

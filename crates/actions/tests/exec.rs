@@ -247,6 +247,13 @@ async fn test_actions_succeed_fail_and_roll_back() {
     assert_eq!(rb.status, ExecStatus::Failed);
     let r = run_action(&registry, "test.fail", json!({ "message": "boom", "exit_code": 4 }), &c).await.unwrap();
     assert_eq!((r.status, r.exit_code, r.error.as_deref()), (ExecStatus::Failed, Some(4), Some("boom")));
+    // `nodes` limits the failure to the listed nodes (the context's node is not listed).
+    let elsewhere = json!({ "nodes": ["some-other-node"] });
+    let r = run_action(&registry, "test.fail", elsewhere, &c).await.unwrap();
+    assert_eq!((r.status, r.changed), (ExecStatus::Succeeded, false));
+    let here = json!({ "nodes": [c.node_id.clone()] });
+    let r = run_action(&registry, "test.fail", here, &c).await.unwrap();
+    assert_eq!(r.status, ExecStatus::Failed);
     let r = run_action(&registry, "echo", json!({ "message": "hi" }), &c).await.unwrap();
     assert_eq!((r.status, r.changed, r.stdout.as_str()), (ExecStatus::Succeeded, false, "hi\n"));
 }

@@ -42,6 +42,7 @@ pub struct ControllerHandle {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
+    registry: registry::Registry,
 }
 
 impl ControllerHandle {
@@ -53,6 +54,11 @@ impl ControllerHandle {
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Whether the controller sees this node online now (registered, recent heartbeat).
+    pub fn sees_online(&self, node: &str) -> bool {
+        self.registry.is_online(node, drover_bus::now_ms())
     }
 
     /// Stop serving and stop every task. Jobs in flight stay in the journal.
@@ -138,7 +144,7 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     }));
 
     let ready = Arc::new(AtomicBool::new(false));
-    let state = api::AppState { tx, registry, topo, metrics, ready: ready.clone() };
+    let state = api::AppState { tx, registry: registry.clone(), topo, metrics, ready: ready.clone() };
     let listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
         .map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
@@ -153,5 +159,5 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     });
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, "controller ready");
-    Ok(ControllerHandle { addr, stop, tasks, server })
+    Ok(ControllerHandle { addr, stop, tasks, server, registry })
 }

@@ -67,6 +67,10 @@ pub struct FailParams {
     /// Reported as the exit code.
     #[serde(default = "one")]
     pub exit_code: i32,
+    /// Fail only on these node ids and succeed (changing nothing) on every other node.
+    /// Absent: fail everywhere. For demos and tests of failure budgets on a real fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
 }
 
 fn default_fail() -> String {
@@ -79,11 +83,15 @@ fn one() -> i32 {
 impl Typed for Fail {
     type Params = FailParams;
     const NAME: &'static str = "test.fail";
-    const DESCRIPTION: &'static str = "Fail at once with a message and exit code.";
+    const DESCRIPTION: &'static str =
+        "Fail at once with a message and exit code (on every node, or only on the nodes listed in `nodes`).";
     const DRY_RUN: bool = true;
     const UNDO: bool = false;
 
     async fn execute(&self, p: FailParams, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
+        if p.nodes.as_ref().is_some_and(|ns| !ns.contains(&ctx.node_id)) {
+            return Ok(ExecResult::succeeded(false).with_stdout(format!("not failing on {}\n", ctx.node_id)));
+        }
         if ctx.dry_run {
             return Ok(ExecResult::succeeded(false).with_stdout("would fail\n"));
         }

@@ -71,6 +71,18 @@ impl DevFleet {
             cfg.policy = policy;
             agents.push(drover_agent::Agent::start(cfg, client).await.with_context(|| format!("starting agent {id}"))?);
         }
+        // Ready means targetable: the controller has seen every agent's registration and
+        // heartbeat, so a plan submitted right after this sees the whole fleet.
+        let ids: Vec<String> = (1..=args.agents).map(|i| format!("local-{i}")).collect();
+        let seen_all = async {
+            while !ids.iter().all(|id| controller.sees_online(id)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(15), seen_all).await.is_err() {
+            let missing: Vec<&str> = ids.iter().filter(|id| !controller.sees_online(id)).map(String::as_str).collect();
+            anyhow::bail!("the controller did not see these agents online within 15s: {}", missing.join(", "));
+        }
         Ok(DevFleet { server, nats_url, controller, agents })
     }
 
