@@ -20,8 +20,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  # Doc tests first, so that the last lines are nextest's summary of the whole suite.
   cargo test --workspace --locked --doc
+  cargo nextest run --workspace --locked --no-fail-fast
 else
   cargo test --workspace --locked --no-fail-fast
 fi
