@@ -170,6 +170,40 @@ pub async fn request_json<Q: Serialize, R: DeserializeOwned>(
     serde_json::from_slice(&msg.payload).map_err(|e| BusError::Decode { subject, message: e.to_string() })
 }
 
+/// Every message of a stream whose subject matches `filter` (wildcards allowed), oldest
+/// first, as (subject, payload): what was stored when the read began.
+pub async fn read_all(js: &jetstream::Context, stream: &str, filter: &str) -> Result<Vec<(String, Bytes)>, BusError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let what = || format!("reading {filter} from {stream}");
+    let stream_handle = js.get_stream(stream).await.map_err(|e| BusError::js(what(), e))?;
+    let mut consumer = stream_handle
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::js(what(), e))?;
+    let total = consumer.info().await.map_err(|e| BusError::js(what(), e))?.num_pending;
+    let mut out = Vec::with_capacity(total as usize);
+    if total == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| BusError::js(what(), e))?;
+    while (out.len() as u64) < total {
+        match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            Ok(Some(Ok(m))) => out.push((m.subject.to_string(), m.payload.clone())),
+            Ok(Some(Err(e))) => return Err(BusError::js(what(), e)),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(BusError::js(what(), format!("stalled after {} of {total} messages", out.len())));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Milliseconds since the Unix epoch on this machine's clock.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

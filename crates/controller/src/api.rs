@@ -175,30 +175,8 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
 
 /// Every message on one subject of a stream, oldest first.
 pub async fn read_subject(topo: &Topology, stream: &str, subject: &str) -> Result<Vec<Bytes>, String> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    let stream = topo.js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let total = consumer.info().await.map_err(|e| e.to_string())?.num_pending;
-    let mut out = Vec::with_capacity(total as usize);
-    if total == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while (out.len() as u64) < total {
-        match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
-            Ok(Some(Ok(m))) => out.push(m.payload.clone()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Ok(out)
+    let all = drover_bus::read_all(&topo.js, stream, subject).await.map_err(|e| e.to_string())?;
+    Ok(all.into_iter().map(|(_, payload)| payload).collect())
 }
 
 #[derive(Deserialize)]
@@ -355,10 +333,17 @@ async fn health() -> Json<Health> {
 
 async fn ready(State(s): State<AppState>) -> Response {
     let connected = matches!(s.topo.js.client().connection_state(), async_nats::connection::State::Connected);
-    if s.ready.load(std::sync::atomic::Ordering::Relaxed) && connected {
+    let loaded = s.registry.loaded();
+    if s.ready.load(std::sync::atomic::Ordering::Relaxed) && connected && loaded {
         Json(health_body("ready", Some(format!("{} nodes registered", s.registry.len())))).into_response()
     } else {
-        let why = if connected { "starting" } else { "not connected to NATS" };
+        let why = if !connected {
+            "not connected to NATS"
+        } else if !loaded {
+            "reading the node registry"
+        } else {
+            "starting"
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(health_body("not_ready", Some(why.into())))).into_response()
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dispatch;
 pub mod metrics;
 pub mod openapi;
+pub mod recovery;
 pub mod registry;
 pub mod runtime;
 
@@ -43,6 +44,7 @@ pub struct ControllerHandle {
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<()>,
     registry: registry::Registry,
+    recovery: runtime::Recovery,
 }
 
 impl ControllerHandle {
@@ -59,6 +61,11 @@ impl ControllerHandle {
     /// Whether the controller sees this node online now (registered, recent heartbeat).
     pub fn sees_online(&self, node: &str) -> bool {
         self.registry.is_online(node, drover_bus::now_ms())
+    }
+
+    /// What this controller rebuilt from the journal when it started.
+    pub fn recovery(&self) -> &runtime::Recovery {
+        &self.recovery
     }
 
     /// Stop serving and stop every task. Jobs in flight stay in the journal.
@@ -81,8 +88,10 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     let mut tasks = Vec::new();
 
     tasks.push(tokio::spawn(registry::watch(registry.clone(), topo.clone())));
-    let rt =
+    let mut rt =
         runtime::Runtime::new(cfg.clone(), topo.clone(), client.clone(), registry.clone(), metrics.clone(), tx.clone());
+    // Jobs of a previous run (a crash, a restart) carry on before anything new is taken.
+    let recovery = rt.recover().await?;
     tasks.push(tokio::spawn(rt.run(rx)));
 
     // Results: one durable consumer; each result is acked once its effect is journaled.
@@ -159,5 +168,5 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     });
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, "controller ready");
-    Ok(ControllerHandle { addr, stop, tasks, server, registry })
+    Ok(ControllerHandle { addr, stop, tasks, server, registry, recovery })
 }

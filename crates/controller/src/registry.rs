@@ -19,6 +19,10 @@ struct Seen {
 struct Inner {
     records: BTreeMap<String, NodeRecord>,
     seen: BTreeMap<String, Seen>,
+    /// The registrations and the heartbeats stored before the watches began have all
+    /// been read: until then a node may look silent only because we have not read it yet.
+    records_loaded: bool,
+    beats_loaded: bool,
 }
 
 /// Shared, always-current view of the fleet.
@@ -39,6 +43,12 @@ impl Registry {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Has the stored state of both buckets been read? Liveness is judged only after.
+    pub fn loaded(&self) -> bool {
+        let r = self.read();
+        r.records_loaded && r.beats_loaded
     }
 
     pub fn put_record(&self, r: NodeRecord) {
@@ -158,8 +168,14 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                     return;
                 }
             };
+            if bucket_is_empty(&store).await {
+                registry.write().records_loaded = true;
+            }
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
+                if entry.delta == 0 {
+                    registry.write().records_loaded = true;
+                }
                 match entry.operation {
                     async_nats::jetstream::kv::Operation::Put => {
                         match serde_json::from_slice::<NodeRecord>(&entry.value) {
@@ -173,6 +189,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
         }
     };
     let beats = {
+        let registry = registry.clone();
         let store = topo.heartbeats.clone();
         async move {
             let mut w = match store.watch_with_history(">").await {
@@ -182,8 +199,14 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                     return;
                 }
             };
+            if bucket_is_empty(&store).await {
+                registry.write().beats_loaded = true;
+            }
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
+                if entry.delta == 0 {
+                    registry.write().beats_loaded = true;
+                }
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&entry.value) {
                     // Live updates count from when we got them; history from the agent's
                     // own stamp (never in the future).
@@ -195,4 +218,8 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
         }
     };
     tokio::join!(nodes, beats);
+}
+
+async fn bucket_is_empty(store: &async_nats::jetstream::kv::Store) -> bool {
+    store.status().await.is_ok_and(|s| s.values() == 0)
 }

@@ -11,7 +11,9 @@ use crate::registry::Registry;
 use async_nats::jetstream;
 use drover_bus::{Topology, now_ms};
 use drover_core::api::{JobList, JobSummary, JobView, OperatorReply, PlanPreview};
-use drover_core::engine::{Action, AttemptOutcome, Event, Job, JobStatus, Millis, Progress, ProgressKind, Timer};
+use drover_core::engine::{
+    Action, AttemptOutcome, EngineConfig, Event, Job, JobStatus, Millis, Progress, ProgressKind, Timer,
+};
 use drover_core::parse::{Format, PlanError, PlanErrors, parse_plan};
 use drover_core::resolve::JobSpec;
 use drover_core::wire::{Command, CommandId, CommandKind, StepResult};
@@ -55,6 +57,23 @@ pub enum Input {
     Busy { reply: oneshot::Sender<BTreeMap<String, String>> },
 }
 
+/// What [`Runtime::recover`] found and did.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    /// Journal lines read.
+    pub lines: usize,
+    /// Lines that could not be used (logged).
+    pub problems: usize,
+    pub active: usize,
+    pub queued: usize,
+    pub finished: usize,
+    /// Commands sent again with their original ids.
+    pub resent: usize,
+    /// Timers armed again.
+    pub timers: usize,
+    pub took: Duration,
+}
+
 /// A node's steps in a job, for `GET /v1/jobs/{id}/nodes/{node}`.
 pub struct NodeSteps {
     pub report: drover_core::engine::NodeReport,
@@ -65,8 +84,15 @@ pub struct NodeSteps {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JournalEntry {
-    /// The frozen job, written when it starts.
-    Spec { spec: Box<JobSpec>, created_at_ms: u64, epoch: u64 },
+    /// The frozen job, written when it is accepted (a job with no input yet is queued).
+    Spec {
+        spec: Box<JobSpec>,
+        created_at_ms: u64,
+        epoch: u64,
+        /// The engine settings it runs with, so that a replay decides exactly as before.
+        #[serde(default)]
+        engine: EngineConfig,
+    },
     /// An engine input with the time it was applied; `n` counts a job's inputs from 1,
     /// so a replay can drop a line written twice and keep the order.
     Input { n: u64, event: Event, now: Millis },
@@ -157,6 +183,112 @@ impl Runtime {
             self.commit(round).await;
             for r in replies {
                 r(&self);
+            }
+        }
+    }
+
+    /// Rebuild every job from the journal (after a restart or a crash) and carry on where
+    /// the previous controller stopped: commands that were in flight are sent again with
+    /// the same ids (agents answer from their journals instead of running them twice),
+    /// pending timers are armed at their original times, progress that was journaled but
+    /// not published is published, and queued jobs start when they can.
+    pub async fn recover(&mut self) -> Result<Recovery, drover_bus::BusError> {
+        let started = std::time::Instant::now();
+        let names = self.topo.names.clone();
+        let lines = drover_bus::read_all(&self.topo.js, &names.events_stream(), &names.all_job_inputs()).await?;
+        let read = lines.len();
+        let mut problems = crate::recovery::Problems::default();
+        let rebuilt = crate::recovery::rebuild(&names, lines, &mut problems);
+        for p in &problems.0 {
+            tracing::warn!("recovery: {p}");
+        }
+        let now = now_ms();
+        let mut round = Round::default();
+        let mut report = Recovery { lines: read, problems: problems.0.len(), ..Recovery::default() };
+        for r in rebuilt {
+            let stage = if !r.started() {
+                Stage::Queued
+            } else if r.job.status().is_final() {
+                Stage::Done
+            } else {
+                Stage::Active
+            };
+            self.republish_missing_progress(&r.id, &r.progress, &mut round).await;
+            let mut entry = Entry {
+                job: r.job,
+                stage,
+                created_at_ms: r.created_at_ms,
+                waiting: None,
+                active_nodes: BTreeSet::new(),
+                inputs: r.inputs,
+            };
+            let mut actions = Vec::new();
+            match stage {
+                Stage::Queued => {
+                    report.queued += 1;
+                    self.queue.push_back(r.id.clone());
+                }
+                Stage::Done => report.finished += 1,
+                Stage::Active => {
+                    report.active += 1;
+                    if !entry.job.spec().plan.rollout.share_nodes {
+                        for n in &entry.job.spec().nodes {
+                            self.locks.insert(n.id.clone(), r.id.clone());
+                        }
+                    }
+                    actions = entry.job.in_flight_commands(now);
+                    report.resent += actions.len();
+                    report.timers += r.timers.len();
+                    actions.extend(r.timers.into_iter().map(|(at, timer)| Action::SetTimer { at, timer }));
+                    // Nodes with work in flight are watched for liveness again.
+                    for a in &actions {
+                        if let Action::Dispatch { node, .. } | Action::Rollback { node, .. } = a {
+                            entry.active_nodes.insert(node.clone());
+                        }
+                    }
+                }
+            }
+            self.jobs.insert(r.id.clone(), entry);
+            self.order.push(r.id.clone());
+            self.perform(&r.id, actions, now, &mut round);
+            round.summaries.insert(r.id);
+        }
+        self.start_queued(now, &mut round);
+        self.commit(round).await;
+        report.took = started.elapsed();
+        if report.lines > 0 {
+            tracing::info!(
+                active = report.active,
+                queued = report.queued,
+                finished = report.finished,
+                resent = report.resent,
+                timers = report.timers,
+                lines = report.lines,
+                took_ms = report.took.as_millis() as u64,
+                "recovered jobs from the journal"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Publish the progress events a replay produced that the progress stream lacks (the
+    /// previous controller died between journaling an input and publishing its progress).
+    async fn republish_missing_progress(&self, id: &str, progress: &[Progress], round: &mut Round) {
+        let Some(last) = progress.last() else { return };
+        let subject = self.topo.names.job_progress(id);
+        let stored = match self.topo.js.get_stream(self.topo.names.events_stream()).await {
+            Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => serde_json::from_slice::<Progress>(&m.payload).map(|p| p.seq).unwrap_or(0),
+                Err(_) => 0,
+            },
+            Err(_) => return,
+        };
+        if stored >= last.seq {
+            return;
+        }
+        for p in progress.iter().filter(|p| p.seq > stored) {
+            if let Ok(bytes) = serde_json::to_vec(p) {
+                round.journal.push((subject.clone(), bytes));
             }
         }
     }
@@ -288,6 +420,11 @@ impl Runtime {
     ) -> Result<Submitted, Refusal> {
         let invalid =
             |e: PlanErrors| Refusal::Invalid("invalid plan".into(), e.0.iter().map(PlanError::to_string).collect());
+        if !self.registry.loaded() {
+            return Err(Refusal::Unavailable(
+                "the controller is still reading the node registry; retry in a moment".into(),
+            ));
+        }
         let offers = self.registry.catalog();
         let catalog = Catalog::new(offers.iter().map(|(k, v)| (k.clone(), v.params_schema.clone())).collect())
             .map_err(|e| Refusal::Invalid("an agent offers an invalid action schema".into(), vec![e.to_string()]))?;
@@ -328,6 +465,16 @@ impl Runtime {
             )));
         }
         self.metrics.jobs_submitted.inc();
+        let line = JournalEntry::Spec {
+            spec: Box::new(spec.clone()),
+            created_at_ms: now,
+            epoch: self.epoch,
+            engine: self.cfg.engine,
+        };
+        match serde_json::to_vec(&line) {
+            Ok(bytes) => round.journal.push((self.topo.names.job_inputs(&job_id), bytes)),
+            Err(e) => return Err(Refusal::Unavailable(format!("cannot journal the job: {e}"))),
+        }
         let entry = Entry {
             job: Job::new(spec, self.cfg.engine),
             stage: Stage::Queued,
@@ -438,11 +585,6 @@ impl Runtime {
                 self.locks.insert(n.id.clone(), id.to_string());
             }
         }
-        let spec = Box::new(entry.job.spec().clone());
-        let line = JournalEntry::Spec { spec, created_at_ms: entry.created_at_ms, epoch: self.epoch };
-        if let Ok(bytes) = serde_json::to_vec(&line) {
-            round.journal.push((self.topo.names.job_inputs(id), bytes));
-        }
         let _ = self.apply(id, Event::Start, now, round);
     }
 
@@ -467,16 +609,23 @@ impl Runtime {
         now: u64,
         round: &mut Round,
     ) -> Result<(), drover_core::engine::Rejected> {
-        let names = self.topo.names.clone();
-        let epoch = self.epoch;
         let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
         let journal = serde_json::to_vec(&JournalEntry::Input { n: entry.inputs + 1, event: event.clone(), now }).ok();
         let actions = entry.job.handle(event, now)?;
         entry.inputs += 1;
         if let Some(bytes) = journal {
-            round.journal.push((names.job_inputs(id), bytes));
+            round.journal.push((self.topo.names.job_inputs(id), bytes));
         }
         round.summaries.insert(id.to_string());
+        self.perform(id, actions, now, round);
+        Ok(())
+    }
+
+    /// Turn a job's engine actions into the round's commands, timers and journal lines.
+    fn perform(&mut self, id: &str, actions: Vec<Action>, now: u64, round: &mut Round) {
+        let names = self.topo.names.clone();
+        let epoch = self.epoch;
+        let Some(entry) = self.jobs.get_mut(id) else { return };
         for a in actions {
             match a {
                 Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
@@ -569,10 +718,13 @@ impl Runtime {
                 }
             }
         }
-        Ok(())
     }
 
     fn check_liveness(&mut self, now: u64, round: &mut Round) {
+        if !self.registry.loaded() {
+            // Not read yet is not silent: judge nobody before the buckets are read.
+            return;
+        }
         let mut lost = Vec::new();
         for (id, e) in &self.jobs {
             if e.stage != Stage::Active {

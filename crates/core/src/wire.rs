@@ -57,6 +57,17 @@ impl Names {
         format!("{}.event.{job}.in", self.prefix)
     }
 
+    /// The engine inputs of every job (what a restarted controller replays).
+    pub fn all_job_inputs(&self) -> String {
+        format!("{}.event.*.in", self.prefix)
+    }
+
+    /// The job whose inputs go to `subject`, if it is a job-inputs subject.
+    pub fn inputs_job<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let job = subject.strip_prefix(&self.prefix)?.strip_prefix(".event.")?.strip_suffix(".in")?;
+        (!job.is_empty() && !job.contains('.')).then_some(job)
+    }
+
     /// The progress events of a job (what operators watch).
     pub fn job_progress(&self, job: &str) -> String {
         format!("{}.event.{job}.progress", self.prefix)
@@ -311,6 +322,10 @@ mod tests {
         assert_eq!(n.result("j1", "web-1"), "drover.result.j1.web-1");
         assert_eq!(n.results_stream(), "DROVER_RESULTS");
         assert_eq!(n.jobs_bucket(), "drover_jobs");
+        assert_eq!(n.inputs_job(&n.job_inputs("j1")), Some("j1"));
+        assert_eq!(n.inputs_job(&n.job_progress("j1")), None);
+        assert_eq!(n.inputs_job("drover.event..in"), None);
+        assert_eq!(n.inputs_job("other.event.j1.in"), None);
     }
 
     #[test]

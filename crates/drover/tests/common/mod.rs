@@ -17,6 +17,8 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub server: ManagedServer,
     pub controller: Option<ControllerHandle>,
+    /// A controller running as a `drover controller` child process (killable with SIGKILL).
+    pub controller_process: Option<std::process::Child>,
     pub agents: BTreeMap<String, AgentHandle>,
     pub url: String,
     pub http: reqwest::Client,
@@ -28,6 +30,8 @@ pub struct Options {
     pub labels: Box<dyn Fn(usize) -> BTreeMap<String, String>>,
     pub controller: ControllerConfig,
     pub allow_shell: bool,
+    /// Run the controller as a child process instead of in this process.
+    pub controller_as_process: bool,
 }
 
 impl Default for Options {
@@ -40,7 +44,13 @@ impl Default for Options {
         };
         controller.engine.deadline_grace_ms = 1_000;
         controller.engine.cancel_grace_ms = 3_000;
-        Options { agents: 3, labels: Box::new(drover_core::resolve::demo_labels), controller, allow_shell: true }
+        Options {
+            agents: 3,
+            labels: Box::new(drover_core::resolve::demo_labels),
+            controller,
+            allow_shell: true,
+            controller_as_process: false,
+        }
     }
 }
 
@@ -49,23 +59,77 @@ impl Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
         let server = ManagedServer::start(&dir.path().join("nats")).expect("nats-server starts");
-        let client = drover_bus::connect(server.url(), "test-controller").await.expect("connect");
-        let controller = drover_controller::start(opts.controller, client).await.expect("controller starts");
-        let url = controller.url();
         let mut fleet = Fleet {
             dir,
             server,
-            controller: Some(controller),
+            controller: None,
+            controller_process: None,
             agents: BTreeMap::new(),
-            url,
+            url: String::new(),
             http: reqwest::Client::new(),
         };
+        if opts.controller_as_process {
+            fleet.spawn_controller().await;
+        } else {
+            let client = drover_bus::connect(fleet.server.url(), "test-controller").await.expect("connect");
+            let controller = drover_controller::start(opts.controller, client).await.expect("controller starts");
+            fleet.url = controller.url();
+            fleet.controller = Some(controller);
+        }
         for i in 1..=opts.agents {
             let id = format!("n{i}");
             fleet.start_agent(&id, (opts.labels)(i), opts.allow_shell).await;
         }
         fleet.wait_nodes(opts.agents).await;
         fleet
+    }
+
+    /// Start `drover controller` as a child process on a free port and wait until it is ready.
+    pub async fn spawn_controller(&mut self) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let log = std::fs::File::create(self.dir.path().join(format!("controller-{port}.log"))).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["controller", "--nats-url", self.server.url(), "--heartbeat-timeout", "2s"])
+            .args(["--api-addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("drover controller starts");
+        self.controller_process = Some(child);
+        self.url = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/v1/ready", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "controller process not ready in 15s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL the controller process: no shutdown, nothing flushed.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller_process.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log of every controller process started so far.
+    pub fn controller_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("controller-") {
+                    out += &format!("--- {name}\n{}", std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
     }
 
     pub fn agent_config(&self, id: &str, labels: BTreeMap<String, String>, allow_shell: bool) -> AgentConfig {
@@ -162,6 +226,14 @@ impl Fleet {
         if let Some(c) = self.controller.take() {
             c.shutdown().await;
         }
+        self.kill_controller();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // A failed test must not leave a controller process behind.
+        self.kill_controller();
     }
 }
 

@@ -1,0 +1,222 @@
+//! Rebuilding jobs from their journals after a controller restart.
+//!
+//! Every engine input of a job is journaled (with the time it was applied) before the
+//! controller acts on it, and the first line of a job's journal is its frozen spec. So
+//! replaying the lines through a fresh engine gives exactly the state the dead controller
+//! had when it last made anything durable. What the replay yields besides the state is
+//! what the runtime needs to carry on: the timers still pending (with their original
+//! times) and the progress events, so that any the dead controller journaled but had not
+//! yet published can be published now.
+
+use crate::runtime::JournalEntry;
+use bytes::Bytes;
+use drover_core::engine::{Action, EngineConfig, Job, Millis, Progress, Timer};
+use drover_core::wire::Names;
+use std::collections::BTreeMap;
+
+/// One job, rebuilt.
+pub struct Rebuilt {
+    pub id: String,
+    pub job: Job,
+    pub created_at_ms: u64,
+    /// The number of the last input replayed (the next one journaled is this + 1).
+    pub inputs: u64,
+    /// Timers that still matter, at their original times.
+    pub timers: Vec<(Millis, Timer)>,
+    /// Every progress event the replay produced, in order.
+    pub progress: Vec<Progress>,
+}
+
+impl Rebuilt {
+    /// A job whose journal has its spec but no input yet was queued, not started.
+    pub fn started(&self) -> bool {
+        self.inputs > 0
+    }
+}
+
+/// What went wrong with individual journal lines (the rest is still rebuilt).
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<String>);
+
+/// Rebuild every job from the journal lines `(subject, payload)` in stream order.
+pub fn rebuild(names: &Names, lines: Vec<(String, Bytes)>, problems: &mut Problems) -> Vec<Rebuilt> {
+    // Group by job, keeping the order in which jobs first appear (their submission order).
+    let mut order: Vec<String> = Vec::new();
+    let mut by_job: BTreeMap<String, Vec<JournalEntry>> = BTreeMap::new();
+    for (subject, payload) in lines {
+        let Some(job) = names.inputs_job(&subject) else { continue };
+        match serde_json::from_slice::<JournalEntry>(&payload) {
+            Ok(entry) => {
+                if !by_job.contains_key(job) {
+                    order.push(job.to_string());
+                }
+                by_job.entry(job.to_string()).or_default().push(entry);
+            }
+            Err(e) => problems.0.push(format!("job {job}: unreadable journal line skipped: {e}")),
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for id in order {
+        let entries = by_job.remove(&id).unwrap_or_default();
+        if let Some(r) = replay(&id, entries, problems) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Replay one job's journal.
+fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Option<Rebuilt> {
+    let mut it = entries.into_iter();
+    let (spec, created_at_ms, engine): (_, u64, EngineConfig) = loop {
+        match it.next() {
+            Some(JournalEntry::Spec { spec, created_at_ms, engine, .. }) => break (spec, created_at_ms, engine),
+            Some(JournalEntry::Input { .. }) => {
+                problems.0.push(format!("job {id}: an input before the job's spec was skipped"));
+            }
+            None => {
+                problems.0.push(format!("job {id}: no spec in its journal; not rebuilt"));
+                return None;
+            }
+        }
+    };
+    let mut job = Job::new(*spec, engine);
+    let mut inputs = 0u64;
+    let mut timers: BTreeMap<Timer, Millis> = BTreeMap::new();
+    let mut progress = Vec::new();
+    for entry in it {
+        let JournalEntry::Input { n, event, now } = entry else {
+            problems.0.push(format!("job {id}: a second spec line was ignored"));
+            continue;
+        };
+        if n <= inputs {
+            // Written twice (a publish retried after its ack was lost): already applied.
+            continue;
+        }
+        if n != inputs + 1 {
+            problems.0.push(format!("job {id}: journal inputs {} to {} are missing", inputs + 1, n - 1));
+        }
+        inputs = n;
+        match job.handle(event, now) {
+            Ok(actions) => {
+                for a in actions {
+                    match a {
+                        Action::SetTimer { at, timer } => {
+                            timers.insert(timer, at);
+                        }
+                        Action::Emit(p) => progress.push(p),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => problems.0.push(format!("job {id}: journal input {n} no longer applies: {e}")),
+        }
+    }
+    let timers = timers.into_iter().filter(|(t, _)| job.timer_matters(t)).map(|(t, at)| (at, t)).collect();
+    Some(Rebuilt { id: id.to_string(), job, created_at_ms, inputs, timers, progress })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_core::engine::{AttemptOutcome, Event, JobStatus};
+    use drover_core::parse::{Format, parse_plan};
+    use drover_core::resolve::{JobSpec, NodeInfo};
+
+    fn spec(id: &str) -> JobSpec {
+        let plan = parse_plan(
+            "name: t\ntargets: {all: true}\nrollout: {strategy: rolling, batch: 1}\nsteps:\n  - {name: a, action: echo, timeout: 10s}\n  - {name: b, action: echo}\n",
+            Format::Yaml,
+            None,
+        )
+        .unwrap();
+        let fleet: Vec<NodeInfo> = ["n1", "n2"]
+            .iter()
+            .map(|n| NodeInfo { id: n.to_string(), labels: Default::default(), groups: vec![], online: true })
+            .collect();
+        JobSpec::build(id, &plan, &fleet).unwrap()
+    }
+
+    fn line(names: &Names, job: &str, e: &JournalEntry) -> (String, Bytes) {
+        (names.job_inputs(job), serde_json::to_vec(e).unwrap().into())
+    }
+
+    fn input(n: u64, event: Event, now: Millis) -> JournalEntry {
+        JournalEntry::Input { n, event, now }
+    }
+
+    fn result(node: &str, step: usize) -> Event {
+        Event::StepResult {
+            node: node.into(),
+            step,
+            attempt: 1,
+            outcome: AttemptOutcome::Succeeded,
+            metadata: serde_json::Value::Null,
+            error: None,
+        }
+    }
+
+    fn spec_line(id: &str) -> JournalEntry {
+        JournalEntry::Spec { spec: Box::new(spec(id)), created_at_ms: 5, epoch: 1, engine: EngineConfig::default() }
+    }
+
+    #[test]
+    fn replay_gives_the_same_state_as_the_live_engine() {
+        let names = Names::default();
+        let events = [(Event::Start, 10), (result("n1", 0), 20), (result("n1", 1), 30)];
+        let mut live = Job::new(spec("j1"), EngineConfig::default());
+        let mut lines = vec![line(&names, "j1", &spec_line("j1"))];
+        for (i, (e, now)) in events.iter().enumerate() {
+            live.handle(e.clone(), *now).unwrap();
+            lines.push(line(&names, "j1", &input(i as u64 + 1, e.clone(), *now)));
+        }
+        // A line written twice and a line of another subject change nothing.
+        lines.insert(2, lines[1].clone());
+        lines.push((names.job_progress("j1"), Bytes::from_static(b"{}")));
+        let mut problems = Problems::default();
+        let rebuilt = rebuild(&names, lines, &mut problems);
+        assert!(problems.0.is_empty(), "{problems:?}");
+        assert_eq!(rebuilt.len(), 1);
+        let r = &rebuilt[0];
+        assert_eq!((r.id.as_str(), r.inputs, r.created_at_ms), ("j1", 3, 5));
+        assert!(r.started());
+        assert_eq!(serde_json::to_value(&r.job).unwrap(), serde_json::to_value(&live).unwrap());
+        // n2 is now running step a: its deadline timer is pending; n1's are not.
+        assert!(r.timers.iter().all(|(_, t)| r.job.timer_matters(t)));
+        assert!(!r.timers.is_empty());
+        assert_eq!(r.progress.last().map(|p| p.seq), Some(live.last_seq()));
+        let inflight = r.job.in_flight_commands(40);
+        assert_eq!(inflight.len(), 1, "{inflight:?}");
+        assert!(matches!(&inflight[0], Action::Dispatch { node, step: 0, attempt: 1, .. } if node == "n2"));
+    }
+
+    #[test]
+    fn a_job_with_only_its_spec_was_queued() {
+        let names = Names::default();
+        let mut problems = Problems::default();
+        let rebuilt = rebuild(&names, vec![line(&names, "q", &spec_line("q"))], &mut problems);
+        assert_eq!(rebuilt.len(), 1);
+        assert!(!rebuilt[0].started());
+        assert_eq!(rebuilt[0].job.status(), JobStatus::Pending);
+        assert!(rebuilt[0].timers.is_empty());
+    }
+
+    #[test]
+    fn bad_lines_are_reported_and_skipped() {
+        let names = Names::default();
+        let lines = vec![
+            line(&names, "a", &input(1, Event::Start, 1)),
+            (names.job_inputs("b"), Bytes::from_static(b"not json")),
+            line(&names, "c", &spec_line("c")),
+            line(&names, "c", &input(2, Event::Start, 1)),
+        ];
+        let mut problems = Problems::default();
+        let rebuilt = rebuild(&names, lines, &mut problems);
+        assert_eq!(rebuilt.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["c"]);
+        let text = problems.0.join("\n");
+        assert!(text.contains("job a: an input before the job's spec"), "{text}");
+        assert!(text.contains("job a: no spec"), "{text}");
+        assert!(text.contains("job b: unreadable journal line"), "{text}");
+        assert!(text.contains("job c: journal inputs 1 to 1 are missing"), "{text}");
+    }
+}

@@ -1,0 +1,119 @@
+//! A controller killed with SIGKILL in the middle of a job: a new controller process
+//! rebuilds the job from the JetStream journal and finishes it. Exactly-once is checked
+//! by the side effects themselves: every step appends a line to a per-node file, so a
+//! step that ran twice (or an undo that ran twice) shows as an extra line.
+
+mod common;
+
+use common::{Fleet, Options};
+use drover_core::engine::{JobStatus, NodeOutcome};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn crash_fleet(agents: usize) -> Fleet {
+    Fleet::start(Options { agents, controller_as_process: true, ..Options::default() }).await
+}
+
+/// Kill the controller after each delay (measured from the previous restart) and start a
+/// new one; return once the job is final.
+async fn kill_at(fleet: &mut Fleet, job: &str, delays_ms: &[u64]) -> drover_core::api::JobView {
+    for &d in delays_ms {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+        fleet.kill_controller();
+        fleet.spawn_controller().await;
+    }
+    let v = fleet.wait_final(job, LIMIT).await;
+    if v.report.status != JobStatus::Succeeded && v.report.status != JobStatus::RolledBack {
+        eprintln!("{}", fleet.controller_logs());
+    }
+    v
+}
+
+fn lines(fleet: &Fleet, node: &str) -> String {
+    std::fs::read_to_string(fleet.path("out").join(format!("{node}.log"))).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_resumes_a_rolling_job_with_retries_and_runs_nothing_twice() {
+    let mut fleet = crash_fleet(4).await;
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: crash
+targets: {{all: true}}
+rollout: {{strategy: rolling, batch: 2, batch_delay: 200ms}}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: flaky, action: test.flaky, with: {{fail_times: 1}}, retries: 1, retry_backoff: 300ms}}
+  - {{name: wait, action: sleep, with: {{duration: 400ms}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    );
+    let id = fleet.submit(&plan).await;
+    // Kill points spread over the job: during the first batch's retry backoff, its sleep,
+    // the batch delay, and the second batch.
+    let v = kill_at(&mut fleet, &id, &[150, 250, 350, 300, 400]).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&4));
+    for n in ["n1", "n2", "n3", "n4"] {
+        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
+        let steps = &v.report.nodes[n].steps;
+        assert_eq!(steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_resumes_a_fleet_rollback_and_undoes_each_step_once() {
+    let mut fleet = crash_fleet(4).await;
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: crash-rollback
+targets: {{all: true}}
+rollout: {{strategy: rolling, batch: 2, max_failures: 0, on_budget_exceeded: rollback}}
+steps:
+  - name: change
+    action: shell
+    with:
+      command: "echo change >> {dir}/{{{{node.id}}}}.log"
+      rollback: "echo undo >> {dir}/{{{{node.id}}}}.log"
+  - {{name: check, action: test.fail, with: {{nodes: [n3]}}}}
+  - {{name: wait, action: sleep, with: {{duration: 400ms}}}}
+"#,
+        dir = out.display()
+    );
+    let id = fleet.submit(&plan).await;
+    let v = kill_at(&mut fleet, &id, &[200, 300, 300]).await;
+    assert_eq!(v.report.status, JobStatus::RolledBack, "{:?}", v.report);
+    for n in ["n1", "n2", "n3", "n4"] {
+        assert_eq!(lines(&fleet, n), "change\nundo\n", "side effects on {n}");
+    }
+    assert_eq!(v.report.nodes["n3"].outcome, NodeOutcome::RolledBack);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_and_finished_jobs_survive_a_restart() {
+    let mut fleet = crash_fleet(1).await;
+    let done = fleet.submit("name: quick\ntargets: {all: true}\nsteps: [{name: hi, action: test.succeed}]\n").await;
+    assert_eq!(fleet.wait_final(&done, LIMIT).await.report.status, JobStatus::Succeeded);
+    // A long job holds n1, so the next one waits in the queue.
+    let long = fleet
+        .submit("name: long\ntargets: {all: true}\nsteps: [{name: s, action: sleep, with: {duration: 1s}}]\n")
+        .await;
+    let queued = fleet.submit("name: next\ntargets: {all: true}\nsteps: [{name: hi, action: test.succeed}]\n").await;
+    let v = fleet.job(&queued).await;
+    assert_eq!(v.report.status, JobStatus::Pending, "{:?}", v.report);
+    fleet.kill_controller();
+    fleet.spawn_controller().await;
+    // Every job is known to the new controller; both waiting jobs finish.
+    assert_eq!(fleet.job(&done).await.report.status, JobStatus::Succeeded);
+    assert_eq!(fleet.wait_final(&long, LIMIT).await.report.status, JobStatus::Succeeded);
+    assert_eq!(fleet.wait_final(&queued, LIMIT).await.report.status, JobStatus::Succeeded);
+    let list = fleet.get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(3), "{list}");
+    fleet.stop().await;
+}
