@@ -31,6 +31,7 @@ pub struct ManagedServer {
     child: Option<Child>,
     url: String,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl ManagedServer {
@@ -41,6 +42,21 @@ impl ManagedServer {
 
     /// Start with extra command-line arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Result<ManagedServer, ServerError> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(dir, "-1", extra)
+    }
+
+    /// Stop the server and start it again on the same port with the same store (what a
+    /// restarted server looks like to its clients).
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        let port = self.url.rsplit(':').next().unwrap_or("-1").to_string();
+        self.stop();
+        let fresh = Self::launch(&self.dir, &port, std::mem::take(&mut self.extra))?;
+        *self = fresh;
+        Ok(())
+    }
+
+    fn launch(dir: &Path, port: &str, extra: Vec<String>) -> Result<ManagedServer, ServerError> {
         let bin = std::env::var("DROVER_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
         std::fs::create_dir_all(dir).map_err(|e| ServerError::Io(dir.to_path_buf(), e))?;
         let ports_dir = dir.join("ports");
@@ -50,11 +66,11 @@ impl ManagedServer {
         let log_file = std::fs::File::create(&log).map_err(|e| ServerError::Io(log.clone(), e))?;
         let store = dir.join("jetstream");
         let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
             .arg(&store)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
-            .args(extra)
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -62,7 +78,7 @@ impl ManagedServer {
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound { ServerError::NotInstalled } else { ServerError::Spawn(e) }
             })?;
-        let mut server = ManagedServer { child: Some(child), url: String::new(), dir: dir.to_path_buf() };
+        let mut server = ManagedServer { child: Some(child), url: String::new(), dir: dir.to_path_buf(), extra };
         let limit = Duration::from_secs(20);
         let start = Instant::now();
         loop {

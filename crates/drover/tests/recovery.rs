@@ -117,3 +117,33 @@ async fn queued_and_finished_jobs_survive_a_restart() {
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(3), "{list}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restart_mid_job_loses_nothing_and_runs_nothing_twice() {
+    let mut fleet = Fleet::start(Options { agents: 3, ..Options::default() }).await;
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: nats-restart
+targets: {{all: true}}
+rollout: {{strategy: rolling, batch: 1}}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: wait, action: sleep, with: {{duration: 700ms}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    );
+    let id = fleet.submit(&plan).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Same port, same store: the controller and the agents reconnect.
+    fleet.server.restart().expect("nats-server restarts");
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
+    }
+    // The registry kept following heartbeats across the restart.
+    fleet.wait_nodes(3).await;
+    fleet.stop().await;
+}
