@@ -137,7 +137,9 @@ steps:
     let id = fleet.submit(&plan).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Same port, same store: the controller and the agents reconnect.
+    let t = std::time::Instant::now();
     fleet.server.restart().expect("nats-server restarts");
+    eprintln!("restart took {:?}", t.elapsed());
     let v = fleet.wait_final(&id, LIMIT).await;
     assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
     for n in ["n1", "n2", "n3"] {
