@@ -98,18 +98,28 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     let stream =
         topo.js.get_stream(topo.names.results_stream()).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
     let durable = format!("{}-controller", topo.names.prefix().replace('.', "-"));
+    let mut consumer_cfg = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(durable.clone()),
+        filter_subject: topo.names.all_results(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 50_000,
+        ..Default::default()
+    };
+    // Results delivered to a controller that died before acknowledging them would only be
+    // delivered again after `ack_wait`: start the consumer again from the first result not
+    // acknowledged (one controller per prefix; a result taken twice is ignored as a copy).
+    if let Ok(info) = stream.consumer_info(&durable).await
+        && info.num_ack_pending > 0
+    {
+        let start_sequence = info.ack_floor.stream_sequence + 1;
+        stream.delete_consumer(&durable).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
+        consumer_cfg.deliver_policy =
+            async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence };
+        tracing::info!(start_sequence, pending = info.num_ack_pending, "re-reading unacknowledged results");
+    }
     let consumer = stream
-        .get_or_create_consumer(
-            &durable,
-            async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: topo.names.all_results(),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 50_000,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(&durable, consumer_cfg)
         .await
         .map_err(|e| ControllerError::Consumer(e.to_string()))?;
     let mut messages = consumer.messages().await.map_err(|e| ControllerError::Consumer(e.to_string()))?;

@@ -10,9 +10,9 @@
 
 use crate::runtime::JournalEntry;
 use bytes::Bytes;
-use drover_core::engine::{Action, EngineConfig, Job, Millis, Progress, Timer};
+use drover_core::engine::{Action, Event, Job, Millis, Progress, ProgressKind, Timer};
 use drover_core::wire::Names;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One job, rebuilt.
 pub struct Rebuilt {
@@ -25,10 +25,13 @@ pub struct Rebuilt {
     pub timers: Vec<(Millis, Timer)>,
     /// Every progress event the replay produced, in order.
     pub progress: Vec<Progress>,
+    /// Nodes that were given work and have not finished (watched for liveness).
+    pub active_nodes: BTreeSet<String>,
 }
 
 impl Rebuilt {
-    /// A job whose journal has its spec but no input yet was queued, not started.
+    /// A job whose journal has its spec but no input yet was queued, not started (one
+    /// cancelled in the queue has an input and is final).
     pub fn started(&self) -> bool {
         self.inputs > 0
     }
@@ -65,33 +68,37 @@ pub fn rebuild(names: &Names, lines: Vec<(String, Bytes)>, problems: &mut Proble
     out
 }
 
-/// Replay one job's journal.
+/// Replay one job's journal. Inputs are applied in the order of their numbers, whatever
+/// order the stream holds them in (a line whose publish was retried can land after its
+/// successor), and a number seen twice is applied once.
 fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Option<Rebuilt> {
-    let mut it = entries.into_iter();
-    let (spec, created_at_ms, engine): (_, u64, EngineConfig) = loop {
-        match it.next() {
-            Some(JournalEntry::Spec { spec, created_at_ms, engine, .. }) => break (spec, created_at_ms, engine),
-            Some(JournalEntry::Input { .. }) => {
-                problems.0.push(format!("job {id}: an input before the job's spec was skipped"));
+    let mut spec_line = None;
+    let mut inputs_in: Vec<(u64, Event, Millis)> = Vec::new();
+    for entry in entries {
+        match entry {
+            JournalEntry::Spec { spec, created_at_ms, engine, .. } => {
+                if spec_line.is_none() {
+                    spec_line = Some((spec, created_at_ms, engine));
+                } else {
+                    problems.0.push(format!("job {id}: a second spec line was ignored"));
+                }
             }
-            None => {
-                problems.0.push(format!("job {id}: no spec in its journal; not rebuilt"));
-                return None;
-            }
+            JournalEntry::Input { n, event, now } => inputs_in.push((n, event, now)),
         }
+    }
+    let Some((spec, created_at_ms, engine)) = spec_line else {
+        problems.0.push(format!("job {id}: no spec in its journal; not rebuilt"));
+        return None;
     };
+    inputs_in.sort_by_key(|(n, _, _)| *n);
     let mut job = Job::new(*spec, engine);
     let mut inputs = 0u64;
     let mut timers: BTreeMap<Timer, Millis> = BTreeMap::new();
     let mut progress = Vec::new();
-    for entry in it {
-        let JournalEntry::Input { n, event, now } = entry else {
-            problems.0.push(format!("job {id}: a second spec line was ignored"));
-            continue;
-        };
+    let mut active_nodes = BTreeSet::new();
+    for (n, event, now) in inputs_in {
         if n <= inputs {
-            // Written twice (a publish retried after its ack was lost): already applied.
-            continue;
+            continue; // written twice (a publish retried after its ack was lost)
         }
         if n != inputs + 1 {
             problems.0.push(format!("job {id}: journal inputs {} to {} are missing", inputs + 1, n - 1));
@@ -104,8 +111,18 @@ fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Opti
                         Action::SetTimer { at, timer } => {
                             timers.insert(timer, at);
                         }
-                        Action::Emit(p) => progress.push(p),
-                        _ => {}
+                        Action::Dispatch { node, .. } | Action::Rollback { node, .. } => {
+                            active_nodes.insert(node);
+                        }
+                        Action::Emit(p) => {
+                            if p.kind == ProgressKind::NodeFinished
+                                && let Some(node) = &p.node
+                            {
+                                active_nodes.remove(node);
+                            }
+                            progress.push(p);
+                        }
+                        Action::CancelStep { .. } | Action::Finish { .. } => {}
                     }
                 }
             }
@@ -113,13 +130,50 @@ fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Opti
         }
     }
     let timers = timers.into_iter().filter(|(t, _)| job.timer_matters(t)).map(|(t, at)| (at, t)).collect();
-    Some(Rebuilt { id: id.to_string(), job, created_at_ms, inputs, timers, progress })
+    Some(Rebuilt { id: id.to_string(), job, created_at_ms, inputs, timers, progress, active_nodes })
+}
+
+/// When a rebuilt job's timers fire. A timer that came due while no controller ran must
+/// not fire before the results waiting in the stream are applied (a step that succeeded
+/// during the outage would be timed out and retried): every timer fires no earlier than
+/// `settle`, and the deadline of a step (or undo) whose command is sent again (`resent`)
+/// runs from the new send, plus `grace`, as the agent's own timeout does if the command
+/// never reached it. A timer only ever fires later than it would have, never earlier.
+pub fn settle_timers(
+    job: &Job,
+    resent: &[Action],
+    timers: Vec<(Millis, Timer)>,
+    settle: Millis,
+    grace: Millis,
+) -> Vec<(Millis, Timer)> {
+    let resent_deadline = |node: usize| {
+        resent.iter().find_map(|a| match a {
+            Action::Dispatch { node: id, deadline, .. } | Action::Rollback { node: id, deadline, .. }
+                if job.node_index(id) == Some(node) =>
+            {
+                Some(*deadline + grace)
+            }
+            _ => None,
+        })
+    };
+    timers
+        .into_iter()
+        .map(|(at, timer)| {
+            let at = match timer {
+                Timer::StepDeadline { node, .. } | Timer::RollbackDeadline { node, .. } => {
+                    at.max(resent_deadline(node).unwrap_or(settle))
+                }
+                _ => at,
+            };
+            (at.max(settle), timer)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_core::engine::{AttemptOutcome, Event, JobStatus};
+    use drover_core::engine::{AttemptOutcome, EngineConfig, JobStatus};
     use drover_core::parse::{Format, parse_plan};
     use drover_core::resolve::{JobSpec, NodeInfo};
 
@@ -191,6 +245,32 @@ mod tests {
     }
 
     #[test]
+    fn timers_due_during_the_outage_wait_for_the_results() {
+        let names = Names::default();
+        let lines = vec![
+            line(&names, "j", &spec_line("j")),
+            line(&names, "j", &input(1, Event::Start, 10)),
+            line(&names, "j", &input(2, result("n1", 0), 20)),
+        ];
+        let mut problems = Problems::default();
+        let r = rebuild(&names, lines, &mut problems).remove(0);
+        // n1 runs step b (default 5m timeout); its deadline timer is pending.
+        let (at, timer) = r.timers[0];
+        assert!(matches!(timer, Timer::StepDeadline { node: 0, step: 1, attempt: 1 }), "{timer:?}");
+        // The controller comes back long after that deadline: the command is sent again
+        // and its deadline runs from now (plus grace), not at once.
+        let now = at + 60_000;
+        let resent = r.job.in_flight_commands(now);
+        let settled = settle_timers(&r.job, &resent, r.timers.clone(), now + 2_000, 1_000);
+        assert_eq!(settled, vec![(now + 300_000 + 1_000, timer)]);
+        // A timer still in the future keeps its time; one due now waits for the settle.
+        let later = settle_timers(&r.job, &[], vec![(at, timer)], 15, 1_000);
+        assert_eq!(later, vec![(at, timer)]);
+        let due = settle_timers(&r.job, &[], vec![(5, Timer::JobTimeout)], 15, 1_000);
+        assert_eq!(due, vec![(15, Timer::JobTimeout)]);
+    }
+
+    #[test]
     fn a_job_with_only_its_spec_was_queued() {
         let names = Names::default();
         let mut problems = Problems::default();
@@ -199,6 +279,26 @@ mod tests {
         assert!(!rebuilt[0].started());
         assert_eq!(rebuilt[0].job.status(), JobStatus::Pending);
         assert!(rebuilt[0].timers.is_empty());
+    }
+
+    #[test]
+    fn inputs_apply_in_number_order_whatever_the_stream_order() {
+        let names = Names::default();
+        // A retried publish landed after its successor, and the spec after an input.
+        let lines = vec![
+            line(&names, "j", &input(1, Event::Start, 10)),
+            line(&names, "j", &spec_line("j")),
+            line(&names, "j", &input(3, result("n1", 1), 30)),
+            line(&names, "j", &input(2, result("n1", 0), 20)),
+        ];
+        let mut problems = Problems::default();
+        let rebuilt = rebuild(&names, lines, &mut problems);
+        assert!(problems.0.is_empty(), "{problems:?}");
+        let r = &rebuilt[0];
+        assert_eq!(r.inputs, 3);
+        assert_eq!(r.job.report().nodes["n1"].outcome, drover_core::engine::NodeOutcome::Succeeded);
+        // n2 got its first command and has not finished: it is watched again.
+        assert_eq!(r.active_nodes.iter().map(String::as_str).collect::<Vec<_>>(), ["n2"]);
     }
 
     #[test]
@@ -214,7 +314,6 @@ mod tests {
         let rebuilt = rebuild(&names, lines, &mut problems);
         assert_eq!(rebuilt.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["c"]);
         let text = problems.0.join("\n");
-        assert!(text.contains("job a: an input before the job's spec"), "{text}");
         assert!(text.contains("job a: no spec"), "{text}");
         assert!(text.contains("job b: unreadable journal line"), "{text}");
         assert!(text.contains("job c: journal inputs 1 to 1 are missing"), "{text}");

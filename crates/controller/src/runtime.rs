@@ -57,6 +57,10 @@ pub enum Input {
     Busy { reply: oneshot::Sender<BTreeMap<String, String>> },
 }
 
+/// After a restart, no rebuilt timer fires sooner than this: time for the results that
+/// arrived while no controller ran to be read and applied first.
+pub const RECOVERY_SETTLE: Duration = Duration::from_secs(2);
+
 /// What [`Runtime::recover`] found and did.
 #[derive(Debug, Default, Clone)]
 pub struct Recovery {
@@ -239,13 +243,11 @@ impl Runtime {
                     actions = entry.job.in_flight_commands(now);
                     report.resent += actions.len();
                     report.timers += r.timers.len();
-                    actions.extend(r.timers.into_iter().map(|(at, timer)| Action::SetTimer { at, timer }));
-                    // Nodes with work in flight are watched for liveness again.
-                    for a in &actions {
-                        if let Action::Dispatch { node, .. } | Action::Rollback { node, .. } = a {
-                            entry.active_nodes.insert(node.clone());
-                        }
-                    }
+                    let settle = now + RECOVERY_SETTLE.as_millis() as u64;
+                    let grace = self.cfg.engine.deadline_grace_ms;
+                    let timers = crate::recovery::settle_timers(&entry.job, &actions, r.timers, settle, grace);
+                    actions.extend(timers.into_iter().map(|(at, timer)| Action::SetTimer { at, timer }));
+                    entry.active_nodes = r.active_nodes;
                 }
             }
             self.jobs.insert(r.id.clone(), entry);
@@ -591,11 +593,11 @@ impl Runtime {
     fn cancel_queued(&mut self, id: &str, now: u64, round: &mut Round) {
         self.queue.retain(|q| q != id);
         if let Some(e) = self.jobs.get_mut(id) {
-            // Start and cancel at once: the engine records it like any cancel.
+            // The engine finishes a job cancelled before it started without dispatching
+            // anything; it never held nodes or a run slot.
             e.stage = Stage::Active;
             e.waiting = None;
         }
-        let _ = self.apply(id, Event::Start, now, round);
         let _ = self.apply(id, Event::Cancel, now, round);
     }
 
@@ -745,11 +747,12 @@ impl Runtime {
     async fn commit(&mut self, mut round: Round) {
         // 1. Journal and progress, all published at once, then every ack awaited.
         write_all(&self.topo.js, std::mem::take(&mut round.journal)).await;
-        // 2. Finished jobs release their nodes; queued jobs may start (a second, small
-        //    round of journal writes).
-        if !round.finished.is_empty() {
+        // 2. Finished jobs release their nodes; queued jobs may start (another, small round
+        //    of journal writes); a job that finishes as it starts releases them in turn.
+        let mut finished = std::mem::take(&mut round.finished);
+        while !finished.is_empty() {
             let now = now_ms();
-            for id in std::mem::take(&mut round.finished) {
+            for id in finished {
                 if let Some(e) = self.jobs.get_mut(&id) {
                     e.stage = Stage::Done;
                     e.active_nodes.clear();
@@ -760,8 +763,10 @@ impl Runtime {
             self.start_queued(now, &mut next);
             write_all(&self.topo.js, std::mem::take(&mut next.journal)).await;
             round.commands.extend(next.commands);
+            round.cancels.extend(next.cancels);
             round.timers.extend(next.timers);
             round.summaries.extend(next.summaries);
+            finished = next.finished;
         }
         // 3. Act: commands, cancels, timers.
         for cmd in round.commands {

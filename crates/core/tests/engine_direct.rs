@@ -20,7 +20,7 @@ fn result(node: &str, attempt: u32, outcome: AttemptOutcome) -> Event {
 #[test]
 fn operator_commands_that_do_not_apply_are_rejected_and_change_nothing() {
     let mut j = job(ONE, 2);
-    assert_eq!(j.handle(Event::Cancel, 0).unwrap_err().reason, "the job has not started");
+    assert_eq!(j.handle(Event::Pause, 0).unwrap_err().reason, "the job has not started");
     j.handle(Event::Start, 0).unwrap();
     assert_eq!(j.handle(Event::Start, 0).unwrap_err().reason, "the job has already started");
     let before = serde_json::to_value(&j).unwrap();
@@ -106,4 +106,19 @@ fn a_tripped_budget_with_nothing_to_undo_fails_the_job() {
     j.handle(result("n1", 1, AttemptOutcome::Failed), 10).unwrap();
     assert_eq!(j.status(), JobStatus::Failed);
     assert!(j.reason().unwrap().contains("nothing to roll back"), "{:?}", j.reason());
+}
+
+#[test]
+fn a_job_cancelled_before_it_started_dispatches_nothing() {
+    let mut j = job(ONE, 3);
+    let actions = j.handle(Event::Cancel, 5).unwrap();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Dispatch { .. } | Action::SetTimer { .. })),
+        "a queued job's cancel must not start anything: {actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::Finish { status: JobStatus::Cancelled, .. })));
+    assert_eq!(j.status(), JobStatus::Cancelled);
+    let r = j.report();
+    assert_eq!(r.counts.get(&NodeOutcome::Skipped), Some(&3));
+    assert_eq!(j.handle(Event::Start, 6).unwrap_err().reason, "the job has already started");
 }

@@ -36,7 +36,7 @@ fn lines(fleet: &Fleet, node: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_controller_resumes_a_rolling_job_with_retries_and_runs_nothing_twice() {
-    let mut fleet = crash_fleet(4).await;
+    let mut fleet = crash_fleet(6).await;
     let out = fleet.path("out");
     std::fs::create_dir_all(&out).unwrap();
     let plan = format!(
@@ -52,12 +52,12 @@ steps:
         dir = out.display()
     );
     let id = fleet.submit(&plan).await;
-    // Kill points spread over the job: during the first batch's retry backoff, its sleep,
-    // the batch delay, and the second batch.
-    let v = kill_at(&mut fleet, &id, &[150, 250, 350, 300, 400]).await;
+    // 12 kill points spread over the job (the controller is down ~0.1-0.2 s each time
+    // while agents go on): dispatches, retry backoffs, sleeps, batch delays, results.
+    let v = kill_at(&mut fleet, &id, &[100, 150, 200, 120, 180, 250, 90, 160, 210, 130, 170, 240]).await;
     assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
-    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&4));
-    for n in ["n1", "n2", "n3", "n4"] {
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&6));
+    for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
         assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
         let steps = &v.report.nodes[n].steps;
         assert_eq!(steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
@@ -86,7 +86,8 @@ steps:
         dir = out.display()
     );
     let id = fleet.submit(&plan).await;
-    let v = kill_at(&mut fleet, &id, &[200, 300, 300]).await;
+    // 8 more kill points: the first batch, the failure, the budget trip, the fleet rollback.
+    let v = kill_at(&mut fleet, &id, &[120, 200, 90, 160, 220, 110, 180, 140]).await;
     assert_eq!(v.report.status, JobStatus::RolledBack, "{:?}", v.report);
     for n in ["n1", "n2", "n3", "n4"] {
         assert_eq!(lines(&fleet, n), "change\nundo\n", "side effects on {n}");

@@ -386,6 +386,7 @@ impl Job {
             }
             Event::NodeLost { node, reason } => self.node_lost(&node, reason, now, &mut out),
             Event::Timer { timer } => self.timer(timer, now, &mut out),
+            Event::Cancel if self.phase == Phase::Pending => self.cancel_before_start(now, &mut out),
             Event::Cancel => self.cancel(Stop::Cancel, now, &mut out),
             Event::Pause => {
                 self.pause = Some(Pause::Operator);
@@ -425,6 +426,8 @@ impl Job {
         match event {
             Event::Start if self.phase != Phase::Pending => reject("the job has already started".into()),
             Event::Start => Ok(()),
+            // A queued job is cancelled without ever starting anything.
+            Event::Cancel if self.phase == Phase::Pending => Ok(()),
             _ if self.phase == Phase::Pending => reject("the job has not started".into()),
             Event::Cancel | Event::Pause | Event::Resume | Event::Approve | Event::Rollback if status.is_final() => {
                 reject(format!("the job is already {status}"))
@@ -990,6 +993,19 @@ impl Job {
             }
         }
         self.next_node = self.nodes.len();
+    }
+
+    /// Cancel a job that never started (it waited in a queue): every node is skipped and
+    /// nothing is dispatched.
+    fn cancel_before_start(&mut self, now: Millis, out: &mut Vec<Action>) {
+        self.emit(out, now, ProgressKind::CancelRequested, |p| {
+            p.detail = Some("operator, before the job started".into())
+        });
+        self.stop = Some(Stop::Cancel);
+        for n in 0..self.nodes.len() {
+            self.finish_node(n, NodeOutcome::Skipped, false, now, out);
+        }
+        self.finish(JobStatus::Cancelled, Some("cancelled by operator before it started".into()), now, out);
     }
 
     fn cancel(&mut self, why: Stop, now: Millis, out: &mut Vec<Action>) {
