@@ -17,6 +17,7 @@
 mod actions;
 mod b64;
 pub mod docs;
+pub mod groups;
 mod policy;
 pub mod process;
 mod redact;
@@ -108,6 +109,10 @@ pub struct ExecContext {
     /// Extra or overriding environment for commands (on top of a small
     /// allowlisted base taken from this process: PATH, HOME, LANG, ...).
     pub env: BTreeMap<String, String>,
+    /// Where the process groups of running commands are recorded (agents set it to a
+    /// directory of their data dir, see [`groups`]), so that a restart after SIGKILL
+    /// kills what was left running. `None`: not recorded.
+    pub process_groups: Option<std::path::PathBuf>,
 }
 
 impl ExecContext {
@@ -125,6 +130,7 @@ impl ExecContext {
             output_cap: DEFAULT_OUTPUT_CAP,
             policy: Arc::new(Policy::default()),
             env: BTreeMap::new(),
+            process_groups: None,
         }
     }
 

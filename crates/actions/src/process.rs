@@ -258,6 +258,10 @@ pub async fn run(cmd: &Cmd, ctx: &ExecContext) -> Result<Output, ActionError> {
     }
     let mut child = c.spawn().map_err(|e| ActionError::io(format!("cannot start `{}`", cmd.program), e))?;
     let guard = GroupGuard { pgid: child.id().and_then(|p| i32::try_from(p).ok()) };
+    let record = match (&ctx.process_groups, guard.pgid) {
+        (Some(dir), Some(pgid)) => crate::groups::GroupRecord::create(dir, pgid),
+        _ => None,
+    };
     tracing::debug!(command = %cmd.display(), pgid = ?guard.pgid, "started command");
 
     let out_buf = Arc::new(Mutex::new(Capture::default()));
@@ -297,6 +301,7 @@ pub async fn run(cmd: &Cmd, ctx: &ExecContext) -> Result<Output, ActionError> {
         }
     }
     drop(guard);
+    drop(record);
 
     let (stdout, t1) = {
         let c = take_capture(&out_buf);

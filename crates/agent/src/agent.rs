@@ -185,7 +185,13 @@ impl Agent {
             heartbeat: None,
             done: false,
         };
-        // What the previous run left behind.
+        // What the previous run left behind. First the processes of steps that were
+        // running when it was killed: a step is reported interrupted (and may be retried)
+        // only once nothing of it runs any more.
+        let killed = drover_actions::groups::kill_leftover_groups(&shared.cfg.data_dir.join(PROCESS_GROUPS_DIR));
+        if !killed.is_empty() {
+            tracing::warn!(groups = ?killed, "killed process groups left running by steps of the previous run");
+        }
         let pending = shared
             .with_state(|st| {
                 let Some(j) = st.journal.as_mut() else { return Vec::new() };
@@ -584,6 +590,9 @@ fn decide(s: &Shared, st: &mut State, cmd: Command) -> Decision {
     Decision::Accepted(Box::new(cmd), token)
 }
 
+/// Under the data dir: one file per process group a running step has started.
+const PROCESS_GROUPS_DIR: &str = "pgroups";
+
 fn needs_metadata(m: &Value) -> bool {
     m.is_null() || m.get(METADATA_ON_AGENT).is_some()
 }
@@ -600,6 +609,7 @@ async fn execute(s: &Shared, cmd: &Command, cancel: CancellationToken) -> StepRe
         output_cap: s.cfg.output_cap,
         policy: s.policy.clone(),
         env: Default::default(),
+        process_groups: Some(s.cfg.data_dir.join(PROCESS_GROUPS_DIR)),
     };
     let started = Instant::now();
     let r = match cmd.id.kind {

@@ -253,14 +253,15 @@ impl Journal {
     }
 
     /// The metadata returned by the latest successful run of a step (for a rollback
-    /// whose command carries none).
+    /// whose command carries none). Only a successful attempt counts: only succeeded
+    /// steps are undone, and a failed attempt's metadata describes another change.
     pub fn run_metadata(&self, job: &str, node: &str, step: usize) -> Option<Value> {
         self.cmds
             .values()
             .filter(|e| e.id.job == job && e.id.node == node && e.id.step == step && e.id.kind == CommandKind::Run)
             .filter_map(|e| e.result.as_ref())
-            .filter(|r| !r.metadata.is_null())
-            .max_by_key(|r| (r.outcome == drover_core::engine::AttemptOutcome::Succeeded, r.id.attempt))
+            .filter(|r| r.outcome == drover_core::engine::AttemptOutcome::Succeeded && !r.metadata.is_null())
+            .max_by_key(|r| r.id.attempt)
             .map(|r| r.metadata.clone())
     }
 
@@ -480,6 +481,11 @@ mod tests {
         assert_eq!(j.unpublished().len(), 1);
         assert_eq!(j.run_metadata("j1", "n1", 0), Some(serde_json::json!({"m": 1})));
         assert_eq!(j.run_metadata("j1", "n1", 1), None);
+        // A failed attempt's metadata is never taken for a rollback.
+        let f = cmd("j1", 3, 1, 2);
+        j.accept(f.clone()).unwrap();
+        j.finish(StepResult { outcome: AttemptOutcome::Failed, ..result(&f, serde_json::json!({"m": 9})) }).unwrap();
+        assert_eq!(j.run_metadata("j1", "n1", 3), None);
         // Appends after the compaction land on lines of their own.
         let c = cmd("j2", 0, 1, 1);
         j.accept(c.clone()).unwrap();

@@ -150,3 +150,42 @@ steps:
     fleet.wait_nodes(3).await;
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_step_kills_the_leftover_processes_before_it_reports_the_step() {
+    let fleet = Fleet::start(Options { agents: 0, ..Options::default() }).await;
+    let mut agent = fleet.spawn_agent_process("a1");
+    fleet.wait_nodes(1).await;
+    let id = fleet
+        .submit("name: long\ntargets: {nodes: [a1]}\nsteps: [{name: s, action: test.sleep, with: {duration: 60s}}]\n")
+        .await;
+    // The step's `sleep` process leads its own group, recorded under the data dir.
+    let groups = fleet.path("agents").join("a1").join("pgroups");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let pgid: u32 = loop {
+        let found = std::fs::read_dir(&groups)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok()?.file_name().to_str()?.parse().ok());
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no process group recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // SIGKILL: the agent cannot clean up, and its step's process lives on.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!common::process_gone(pgid), "the step's process should have outlived the agent");
+    // The restarted agent kills it before reporting the step as interrupted.
+    let mut agent = fleet.spawn_agent_process("a1");
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert!(common::process_gone(pgid), "the leftover process is still running");
+    assert_eq!(v.report.status, JobStatus::Failed, "{:?}", v.report);
+    let err = v.report.nodes["a1"].steps[0].error.clone().unwrap_or_default();
+    assert!(err.contains("interrupted"), "{err}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    fleet.stop().await;
+}

@@ -213,8 +213,8 @@ fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline:
         );
     }
     println!();
-    let batches: Vec<String> = r.batches.iter().map(|b| b.len().to_string()).collect();
-    println!("batches run: {} (sizes {})", r.batches.len(), batches.join(", "));
+    let sizes: Vec<usize> = r.batches.iter().map(Vec::len).collect();
+    println!("batches run: {} (sizes {})", r.batches.len(), run_lengths(&sizes));
     println!("nodes: {}", counts_line(&r.counts));
     // The per-node table: every node on small fleets, the ones that did not succeed on large.
     if let Some(t) = node_table(r) {
@@ -222,4 +222,25 @@ fn print_text(plan: &drover_core::Plan, cfg: &SimConfig, run: &SimRun, timeline:
     }
     let reason = r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
     println!("result: {}{} after {} of virtual time", r.status, reason, secs(run.duration_ms));
+}
+
+/// `1, 2 x3, 5`: equal neighbours folded, so that 5,000 batches of 2 take one line.
+fn run_lengths(sizes: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sizes.len() {
+        let run = sizes[i..].iter().take_while(|&&s| s == sizes[i]).count();
+        parts.push(if run > 1 { format!("{} x{run}", sizes[i]) } else { sizes[i].to_string() });
+        i += run;
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_lengths_fold_equal_neighbours() {
+        assert_eq!(super::run_lengths(&[1, 2, 2, 2, 5, 2]), "1, 2 x3, 5, 2");
+        assert_eq!(super::run_lengths(&[]), "");
+    }
 }

@@ -110,6 +110,25 @@ impl Fleet {
         }
     }
 
+    /// Start `drover agent` as a child process with its data dir under the fleet's dir.
+    pub fn spawn_agent_process(&self, id: &str) -> std::process::Child {
+        let data = self.dir.path().join("agents").join(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("agent-{id}.log")))
+            .expect("log file");
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["agent", "--nats-url", self.server.url(), "--node-id", id, "--heartbeat", "200ms"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("drover agent starts")
+    }
+
     /// SIGKILL the controller process: no shutdown, nothing flushed.
     pub fn kill_controller(&mut self) {
         if let Some(mut c) = self.controller_process.take() {
