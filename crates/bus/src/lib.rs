@@ -38,13 +38,16 @@ impl BusError {
     }
 }
 
-/// Connect with reconnects; the name shows in the server's connection list.
+/// Connect with reconnects; the name shows in the server's connection list. `url` may
+/// list several servers of a cluster, comma-separated (`nats://a:4222,nats://b:4222`);
+/// the client fails over between them.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|source| BusError::Connect { url: url.to_string(), source })
 }

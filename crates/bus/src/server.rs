@@ -46,6 +46,32 @@ impl ManagedServer {
         Self::launch(dir, "-1", extra)
     }
 
+    /// Start a cluster of `size` servers on loopback (JetStream clustered, routes between
+    /// every pair), each with its store under `dir/s<i>`. Clients should be given every
+    /// server's URL ([`cluster_urls`]). JetStream needs a few seconds to elect its
+    /// leaders after this returns.
+    pub fn start_cluster(dir: &Path, size: usize) -> Result<Vec<ManagedServer>, ServerError> {
+        let ports = (0..size)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| ServerError::Io(dir.to_path_buf(), e))
+            })
+            .collect::<Result<Vec<u16>, _>>()?;
+        let mut servers = Vec::with_capacity(size);
+        for (i, port) in ports.iter().enumerate() {
+            let routes: Vec<String> =
+                ports.iter().filter(|p| *p != port).map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            let name = format!("s{}", i + 1);
+            let cluster = format!("nats://127.0.0.1:{port}");
+            let routes = routes.join(",");
+            let extra = ["-n", name.as_str(), "--cluster_name", "drover", "--cluster", &cluster, "--routes", &routes];
+            servers.push(Self::start_with(&dir.join(&name), &extra)?);
+        }
+        Ok(servers)
+    }
+
     /// Stop the server and start it again on the same port with the same store (what a
     /// restarted server looks like to its clients).
     pub fn restart(&mut self) -> Result<(), ServerError> {
@@ -133,6 +159,11 @@ impl ManagedServer {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The client URL list of a cluster (`nats://a,nats://b,...`).
+pub fn cluster_urls(servers: &[ManagedServer]) -> String {
+    servers.iter().map(ManagedServer::url).collect::<Vec<_>>().join(",")
 }
 
 impl Drop for ManagedServer {

@@ -189,3 +189,33 @@ async fn an_agent_killed_mid_step_kills_the_leftover_processes_before_it_reports
     let _ = agent.wait();
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_server_cluster_losing_a_server_mid_job_loses_nothing() {
+    // Streams and buckets replicated on 3 servers; the controller and the agents know
+    // every server. The first server (the one clients try first) goes away mid-job.
+    let mut fleet = Fleet::start(Options { agents: 3, cluster: 3, ..Options::default() }).await;
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: cluster
+targets: {{all: true}}
+rollout: {{strategy: rolling, batch: 1}}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: wait, action: sleep, with: {{duration: 700ms}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    );
+    let id = fleet.submit(&plan).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.server.stop();
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
+    }
+    fleet.wait_nodes(3).await;
+    fleet.stop().await;
+}

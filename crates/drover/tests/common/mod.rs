@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub server: ManagedServer,
+    /// The other servers of a cluster (`Options::cluster`), and every server's URL.
+    pub others: Vec<ManagedServer>,
+    pub nats_urls: String,
     pub controller: Option<ControllerHandle>,
     /// A controller running as a `drover controller` child process (killable with SIGKILL).
     pub controller_process: Option<std::process::Child>,
@@ -32,6 +35,9 @@ pub struct Options {
     pub allow_shell: bool,
     /// Run the controller as a child process instead of in this process.
     pub controller_as_process: bool,
+    /// Servers in the NATS cluster (0 or 1: a single server); streams and buckets get
+    /// this many replicas (at most 3).
+    pub cluster: usize,
 }
 
 impl Default for Options {
@@ -50,6 +56,7 @@ impl Default for Options {
             controller,
             allow_shell: true,
             controller_as_process: false,
+            cluster: 0,
         }
     }
 }
@@ -58,10 +65,24 @@ impl Fleet {
     pub async fn start(opts: Options) -> Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = ManagedServer::start(&dir.path().join("nats")).expect("nats-server starts");
+        let mut servers = if opts.cluster > 1 {
+            ManagedServer::start_cluster(&dir.path().join("nats"), opts.cluster).expect("nats cluster starts")
+        } else {
+            vec![ManagedServer::start(&dir.path().join("nats")).expect("nats-server starts")]
+        };
+        let nats_urls = drover_bus::server::cluster_urls(&servers);
+        let replicas = opts.cluster.clamp(1, 3);
+        if opts.cluster > 1 {
+            wait_for_jetstream(&nats_urls, replicas).await;
+        }
+        let server = servers.remove(0);
+        let mut opts = opts;
+        opts.controller.topology.replicas = replicas;
         let mut fleet = Fleet {
             dir,
             server,
+            others: servers,
+            nats_urls,
             controller: None,
             controller_process: None,
             agents: BTreeMap::new(),
@@ -71,7 +92,7 @@ impl Fleet {
         if opts.controller_as_process {
             fleet.spawn_controller().await;
         } else {
-            let client = drover_bus::connect(fleet.server.url(), "test-controller").await.expect("connect");
+            let client = drover_bus::connect(&fleet.nats_urls, "test-controller").await.expect("connect");
             let controller = drover_controller::start(opts.controller, client).await.expect("controller starts");
             fleet.url = controller.url();
             fleet.controller = Some(controller);
@@ -89,7 +110,7 @@ impl Fleet {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let log = std::fs::File::create(self.dir.path().join(format!("controller-{port}.log"))).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["controller", "--nats-url", self.server.url(), "--heartbeat-timeout", "2s"])
+            .args(["controller", "--nats-url", &self.nats_urls, "--heartbeat-timeout", "2s"])
             .args(["--api-addr", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -119,7 +140,7 @@ impl Fleet {
             .open(self.dir.path().join(format!("agent-{id}.log")))
             .expect("log file");
         std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["agent", "--nats-url", self.server.url(), "--node-id", id, "--heartbeat", "200ms"])
+            .args(["agent", "--nats-url", &self.nats_urls, "--node-id", id, "--heartbeat", "200ms"])
             .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "info")
@@ -163,7 +184,7 @@ impl Fleet {
 
     pub async fn start_agent(&mut self, id: &str, labels: BTreeMap<String, String>, allow_shell: bool) {
         let cfg = self.agent_config(id, labels, allow_shell);
-        let client = drover_bus::connect(self.server.url(), &format!("test-agent-{id}")).await.expect("connect");
+        let client = drover_bus::connect(&self.nats_urls, &format!("test-agent-{id}")).await.expect("connect");
         let h = Agent::start(cfg, client).await.expect("agent starts");
         self.agents.insert(id.to_string(), h);
     }
@@ -253,6 +274,21 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         // A failed test must not leave a controller process behind.
         self.kill_controller();
+    }
+}
+
+/// Wait until a fresh JetStream cluster accepts streams with `replicas` replicas.
+async fn wait_for_jetstream(urls: &str, replicas: usize) {
+    let client = drover_bus::connect(urls, "test-probe").await.expect("connect to the cluster");
+    let names = drover_core::wire::Names::new("probe");
+    let cfg = drover_bus::TopologyConfig { replicas, ..Default::default() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match drover_bus::ensure_topology(client.clone(), &names, &cfg).await {
+            Ok(_) => return,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "JetStream cluster not ready in 30s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
