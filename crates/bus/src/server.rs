@@ -31,6 +31,7 @@ pub struct ManagedServer {
     child: Option<Child>,
     url: String,
     dir: PathBuf,
+    host: String,
     extra: Vec<String>,
 }
 
@@ -43,7 +44,13 @@ impl ManagedServer {
     /// Start with extra command-line arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Result<ManagedServer, ServerError> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::launch(dir, "-1", extra)
+        Self::launch(dir, "127.0.0.1", "-1", extra)
+    }
+
+    /// Start a server listening on `host` (an address of this machine, e.g. one end of
+    /// a test's veth pair) instead of loopback.
+    pub fn start_on(dir: &Path, host: &str) -> Result<ManagedServer, ServerError> {
+        Self::launch(dir, host, "-1", Vec::new())
     }
 
     /// Start a cluster of `size` servers on loopback (JetStream clustered, routes between
@@ -77,12 +84,13 @@ impl ManagedServer {
     pub fn restart(&mut self) -> Result<(), ServerError> {
         let port = self.url.rsplit(':').next().unwrap_or("-1").to_string();
         self.stop();
-        let fresh = Self::launch(&self.dir, &port, std::mem::take(&mut self.extra))?;
+        let host = std::mem::take(&mut self.host);
+        let fresh = Self::launch(&self.dir, &host, &port, std::mem::take(&mut self.extra))?;
         *self = fresh;
         Ok(())
     }
 
-    fn launch(dir: &Path, port: &str, extra: Vec<String>) -> Result<ManagedServer, ServerError> {
+    fn launch(dir: &Path, host: &str, port: &str, extra: Vec<String>) -> Result<ManagedServer, ServerError> {
         let bin = std::env::var("DROVER_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_string());
         std::fs::create_dir_all(dir).map_err(|e| ServerError::Io(dir.to_path_buf(), e))?;
         let ports_dir = dir.join("ports");
@@ -92,7 +100,7 @@ impl ManagedServer {
         let log_file = std::fs::File::create(&log).map_err(|e| ServerError::Io(log.clone(), e))?;
         let store = dir.join("jetstream");
         let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
+            .args(["-js", "-a", host, "-p", port, "-sd"])
             .arg(&store)
             .arg("--ports_file_dir")
             .arg(&ports_dir)
@@ -104,7 +112,13 @@ impl ManagedServer {
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound { ServerError::NotInstalled } else { ServerError::Spawn(e) }
             })?;
-        let mut server = ManagedServer { child: Some(child), url: String::new(), dir: dir.to_path_buf(), extra };
+        let mut server = ManagedServer {
+            child: Some(child),
+            url: String::new(),
+            dir: dir.to_path_buf(),
+            host: host.to_string(),
+            extra,
+        };
         let limit = Duration::from_secs(20);
         let start = Instant::now();
         loop {

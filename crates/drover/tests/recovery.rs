@@ -219,3 +219,50 @@ steps:
     fleet.wait_nodes(3).await;
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agent_is_unreachable_and_rejoins_without_stale_work() {
+    let ns = match common::Netns::create() {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("SKIPPED: network namespaces are not available on this machine: {e}");
+            return;
+        }
+    };
+    // NATS listens on our end of the veth pair; agent p1 runs inside the namespace.
+    let fleet = Fleet::start(Options { agents: 1, nats_host: Some(ns.host_ip.clone()), ..Options::default() }).await;
+    let mut agent = fleet.spawn_agent_process_in("p1", Some(&ns.name));
+    fleet.wait_nodes(2).await;
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: partition
+targets: {{all: true}}
+rollout: {{max_failures: 1}}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: wait, action: sleep, with: {{duration: 2s}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    );
+    let id = fleet.submit(&plan).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ns.link(false);
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.nodes["p1"].outcome, NodeOutcome::Unreachable, "{:?}", v.report);
+    assert_eq!(v.report.nodes["n1"].outcome, NodeOutcome::Succeeded);
+    // The link comes back: p1 rejoins; its late result changes nothing and no new work
+    // reaches it.
+    ns.link(true);
+    fleet.wait_nodes(2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = fleet.job(&id).await;
+    assert_eq!(after.report.status, v.report.status);
+    assert_eq!(after.report.nodes["p1"].outcome, NodeOutcome::Unreachable);
+    assert_eq!(lines(&fleet, "p1"), "first\n", "p1 ran only what it had before the partition");
+    assert_eq!(lines(&fleet, "n1"), "first\nlast\n");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    fleet.stop().await;
+}

@@ -38,6 +38,8 @@ pub struct Options {
     /// Servers in the NATS cluster (0 or 1: a single server); streams and buckets get
     /// this many replicas (at most 3).
     pub cluster: usize,
+    /// The address a single server listens on (default loopback).
+    pub nats_host: Option<String>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             allow_shell: true,
             controller_as_process: false,
             cluster: 0,
+            nats_host: None,
         }
     }
 }
@@ -68,7 +71,8 @@ impl Fleet {
         let mut servers = if opts.cluster > 1 {
             ManagedServer::start_cluster(&dir.path().join("nats"), opts.cluster).expect("nats cluster starts")
         } else {
-            vec![ManagedServer::start(&dir.path().join("nats")).expect("nats-server starts")]
+            let host = opts.nats_host.as_deref().unwrap_or("127.0.0.1");
+            vec![ManagedServer::start_on(&dir.path().join("nats"), host).expect("nats-server starts")]
         };
         let nats_urls = drover_bus::server::cluster_urls(&servers);
         let replicas = opts.cluster.clamp(1, 3);
@@ -133,14 +137,27 @@ impl Fleet {
 
     /// Start `drover agent` as a child process with its data dir under the fleet's dir.
     pub fn spawn_agent_process(&self, id: &str) -> std::process::Child {
+        self.spawn_agent_process_in(id, None)
+    }
+
+    /// The same, inside a network namespace (`ip netns exec NS drover agent ...`).
+    pub fn spawn_agent_process_in(&self, id: &str, netns: Option<&str>) -> std::process::Child {
         let data = self.dir.path().join("agents").join(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join(format!("agent-{id}.log")))
             .expect("log file");
-        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["agent", "--nats-url", &self.nats_urls, "--node-id", id, "--heartbeat", "200ms"])
+        let drover = env!("CARGO_BIN_EXE_drover");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, drover]);
+                c
+            }
+            None => std::process::Command::new(drover),
+        };
+        cmd.args(["agent", "--nats-url", &self.nats_urls, "--node-id", id, "--heartbeat", "200ms", "--allow", "shell"])
             .arg("--data-dir")
             .arg(&data)
             .env("RUST_LOG", "info")
@@ -274,6 +291,61 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         // A failed test must not leave a controller process behind.
         self.kill_controller();
+    }
+}
+
+/// A network namespace joined to this one by a veth pair (`host_ip` here, `ns_ip` in
+/// the namespace), removed when dropped: an agent inside it can be cut off from NATS by
+/// taking the link down.
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Netns {
+    /// Create it, or say why this machine cannot (not root, no netns support).
+    pub fn create() -> Result<Netns, String> {
+        let id = std::process::id() % 100_000;
+        let octet = id % 250 + 1;
+        let ns = Netns {
+            name: format!("drv{id}"),
+            host_if: format!("dvh{id}"),
+            host_ip: format!("10.231.{octet}.1"),
+            ns_ip: format!("10.231.{octet}.2"),
+        };
+        let ns_if = format!("dva{id}");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if])?;
+        ip(&["link", "set", &ns_if, "netns", &ns.name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        ip(&["netns", "exec", &ns.name, "ip", "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if])?;
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", &ns_if, "up"])?;
+        ip(&["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Take the link down (a partition) or bring it back.
+    pub fn link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]).expect("set the link");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
     }
 }
 
