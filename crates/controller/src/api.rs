@@ -10,7 +10,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use drover_bus::{Topology, now_ms};
-use drover_core::api::{ApiError, Health, NodeDetail, NodeList, StepDetail};
+use drover_core::api::{ApiError, Health, JobView, NodeDetail, NodeList, StepDetail};
 use drover_core::engine::{Event, JobStatus, Progress, ProgressKind};
 use drover_core::parse::Format;
 use drover_core::wire::StepResult;
@@ -141,14 +141,42 @@ async fn list_jobs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Api
 }
 
 async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let v = ask(&s, |reply| Input::Get { job: id.clone(), reply }).await?;
+    let v = view_of(&s, &id).await?;
     v.map(|v| Json(v).into_response()).ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))
 }
 
+/// A job's view: from the runtime, or, for a job finished long ago that the runtime no
+/// longer holds, rebuilt from its journal.
+async fn view_of(s: &AppState, id: &str) -> ApiResult<Option<JobView>> {
+    if let Some(v) = ask(s, |reply| Input::Get { job: id.to_string(), reply }).await? {
+        return Ok(Some(v));
+    }
+    Ok(archived(s, id).await?.map(|r| crate::runtime::job_view(&r.job, r.created_at_ms, None)))
+}
+
+/// Rebuild a job that is not in memory from its journal (read only).
+async fn archived(s: &AppState, id: &str) -> ApiResult<Option<crate::recovery::Rebuilt>> {
+    if drover_core::wire::check_id("job", id).is_err() {
+        return Ok(None);
+    }
+    let names = &s.topo.names;
+    let lines = drover_bus::read_all(&s.topo.js, &names.events_stream(), &names.job_inputs(id))
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading the journal: {e}")))?;
+    let mut problems = crate::recovery::Problems::default();
+    let mut rebuilt = crate::recovery::rebuild(names, lines, &mut problems);
+    for p in problems.0 {
+        tracing::warn!("rebuilding an archived job: {p}");
+    }
+    Ok(rebuilt.pop().filter(|r| r.job.status().is_final()))
+}
+
 async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String, String)>) -> ApiResult<Response> {
-    let steps = ask(&s, |reply| Input::NodeSteps { job: id.clone(), node: node.clone(), reply })
-        .await?
-        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
+    let steps = match ask(&s, |reply| Input::NodeSteps { job: id.clone(), node: node.clone(), reply }).await? {
+        Some(steps) => Some(steps),
+        None => archived(&s, &id).await?.and_then(|r| crate::runtime::node_steps(&r.job, &node)),
+    };
+    let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
     let results: Vec<StepResult> =
         read_subject(&s.topo, &s.topo.names.results_stream(), &s.topo.names.result(&id, &node))
             .await
@@ -191,9 +219,7 @@ async fn job_events(
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    let view = ask(&s, |reply| Input::Get { job: id.clone(), reply })
-        .await?
-        .ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    let view = view_of(&s, &id).await?.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     let last_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let from = q.from.or(last_id.map(|l| l + 1)).unwrap_or(1);
     let final_now = view.report.status.is_final();

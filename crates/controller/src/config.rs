@@ -24,6 +24,9 @@ pub struct ControllerConfig {
     pub ack_deadline: Duration,
     pub engine: EngineConfig,
     pub topology: TopologyConfig,
+    /// Finished jobs kept in memory (and in `GET /v1/jobs` listings); older ones are
+    /// rebuilt from their journal when asked for by id.
+    pub retain_finished: usize,
 }
 
 impl Default for ControllerConfig {
@@ -38,6 +41,7 @@ impl Default for ControllerConfig {
             ack_deadline: Duration::from_secs(15),
             engine: EngineConfig::default(),
             topology: TopologyConfig::default(),
+            retain_finished: 1000,
         }
     }
 }

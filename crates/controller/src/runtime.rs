@@ -84,6 +84,26 @@ pub struct NodeSteps {
     pub actions: Vec<String>,
 }
 
+/// The API's view of a job.
+pub fn job_view(job: &Job, created_at_ms: u64, waiting: Option<String>) -> JobView {
+    JobView {
+        report: job.report(),
+        created_at_ms,
+        waiting,
+        excluded_offline: job.spec().excluded_offline.clone(),
+        last_event: job.last_seq(),
+    }
+}
+
+/// One node's steps in a job, if the node is one of its targets.
+pub fn node_steps(job: &Job, node: &str) -> Option<NodeSteps> {
+    let i = job.node_index(node)?;
+    Some(NodeSteps {
+        report: job.node_report(i),
+        actions: job.spec().plan.steps.iter().map(|s| s.action.clone()).collect(),
+    })
+}
+
 /// One line of a job's journal (`event.<job>.in`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -145,6 +165,8 @@ pub struct Runtime {
     queue: VecDeque<String>,
     locks: BTreeMap<String, String>,
     epoch: u64,
+    /// Finished jobs still held in memory, oldest first (at most `cfg.retain_finished`).
+    finished: VecDeque<String>,
 }
 
 impl Runtime {
@@ -168,6 +190,7 @@ impl Runtime {
             queue: VecDeque::new(),
             locks: BTreeMap::new(),
             epoch: 1,
+            finished: VecDeque::new(),
         }
     }
 
@@ -253,7 +276,11 @@ impl Runtime {
             self.jobs.insert(r.id.clone(), entry);
             self.order.push(r.id.clone());
             self.perform(&r.id, actions, now, &mut round);
-            round.summaries.insert(r.id);
+            if stage == Stage::Done {
+                self.retire(r.id);
+            } else {
+                round.summaries.insert(r.id);
+            }
         }
         self.start_queued(now, &mut round);
         self.commit(round).await;
@@ -271,6 +298,18 @@ impl Runtime {
             );
         }
         Ok(report)
+    }
+
+    /// A job has finished: keep it in memory among the most recent finished ones; the
+    /// oldest beyond `retain_finished` leaves memory (its journal and results stay in
+    /// JetStream, and the API rebuilds it from there when asked).
+    fn retire(&mut self, id: String) {
+        self.finished.push_back(id);
+        while self.finished.len() > self.cfg.retain_finished {
+            let Some(old) = self.finished.pop_front() else { break };
+            self.jobs.remove(&old);
+            self.order.retain(|j| *j != old);
+        }
     }
 
     /// Publish the progress events a replay produced that the progress stream lacks (the
@@ -395,14 +434,7 @@ impl Runtime {
                 let _ = reply.send(self.list(status, limit, after));
             }
             Input::NodeSteps { job, node, reply } => {
-                let r = self.jobs.get(&job).and_then(|e| {
-                    let i = e.job.node_index(&node)?;
-                    Some(NodeSteps {
-                        report: e.job.node_report(i),
-                        actions: e.job.spec().plan.steps.iter().map(|s| s.action.clone()).collect(),
-                    })
-                });
-                let _ = reply.send(r);
+                let _ = reply.send(self.jobs.get(&job).and_then(|e| node_steps(&e.job, &node)));
             }
             Input::Busy { reply } => {
                 let _ = reply.send(self.locks.clone());
@@ -758,6 +790,7 @@ impl Runtime {
                     e.active_nodes.clear();
                 }
                 self.locks.retain(|_, j| *j != id);
+                self.retire(id);
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
@@ -826,13 +859,7 @@ impl Runtime {
 
     pub fn view(&self, id: &str) -> Option<JobView> {
         let e = self.jobs.get(id)?;
-        Some(JobView {
-            report: e.job.report(),
-            created_at_ms: e.created_at_ms,
-            waiting: e.waiting.clone(),
-            excluded_offline: e.job.spec().excluded_offline.clone(),
-            last_event: e.job.last_seq(),
-        })
+        Some(job_view(&e.job, e.created_at_ms, e.waiting.clone()))
     }
 
     fn list(&self, status: Option<JobStatus>, limit: usize, after: Option<String>) -> JobList {

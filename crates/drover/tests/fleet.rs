@@ -329,3 +329,32 @@ async fn progress_streams_as_server_sent_events_and_resumes() {
     assert!(tail.contains("event: end") && !tail.contains("event: progress"), "{tail}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_leave_memory_but_stay_readable_by_id() {
+    let mut opts = Options { agents: 2, ..Options::default() };
+    opts.controller.retain_finished = 2;
+    let fleet = Fleet::start(opts).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let plan = format!(
+            "name: j{i}\ntargets: {{all: true}}\nsteps: [{{name: hi, action: echo, with: {{message: 'run {i}'}}}}]\n"
+        );
+        let id = fleet.submit(&plan).await;
+        assert_eq!(fleet.wait_final(&id, LIMIT).await.report.status, JobStatus::Succeeded);
+        ids.push(id);
+    }
+    // Listings hold the two most recent finished jobs only...
+    let list = fleet.get("/v1/jobs").await;
+    let listed: Vec<&str> = list["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [ids[3].as_str(), ids[2].as_str()], "{list}");
+    // ...and the oldest is still served by id, rebuilt from its journal, with its results.
+    let v = fleet.job(&ids[0]).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded);
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&2));
+    let d = fleet.get(&format!("/v1/jobs/{}/nodes/n1", ids[0])).await;
+    assert_eq!(d["steps"][0]["results"][0]["stdout"], "run 0\n", "{d}");
+    let missing = fleet.http.get(format!("{}/v1/jobs/no-such-job", fleet.url)).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    fleet.stop().await;
+}

@@ -29,6 +29,10 @@ pub struct ControllerArgs {
     /// Replicas of streams and buckets (3 in a NATS cluster).
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Finished jobs kept in memory and in listings; older ones are still served by id,
+    /// rebuilt from their journal.
+    #[arg(long, default_value_t = 1000)]
+    pub retain_finished: usize,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -43,6 +47,7 @@ impl ControllerArgs {
             max_running: self.max_running,
             max_pending: self.max_pending,
             heartbeat_timeout: self.heartbeat_timeout,
+            retain_finished: self.retain_finished,
             ..ControllerConfig::default()
         };
         cfg.topology.replicas = self.replicas;
