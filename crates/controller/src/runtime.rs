@@ -666,32 +666,11 @@ impl Runtime {
                     let spec = entry.job.spec();
                     let s = &spec.plan.steps[step];
                     let n = entry.job.node_index(&node).unwrap_or(0);
-                    let cmd_id =
-                        CommandId { job: id.to_string(), node: node.clone(), step, attempt, kind: CommandKind::Run };
-                    match spec.params(n, step) {
-                        Ok(params) => {
-                            round.commands.push(Command {
-                                id: cmd_id,
-                                epoch,
-                                step_name: s.name.clone(),
-                                action: s.action.clone(),
-                                params,
-                                metadata: serde_json::Value::Null,
-                                timeout_ms,
-                                issued_at_ms: now,
-                                signature: None,
-                            });
-                            entry.active_nodes.insert(node);
-                        }
-                        Err(e) => {
-                            // Cannot happen after admission checks; fail the attempt clearly.
-                            let _ = self.tx.try_send(Input::Rejected {
-                                job: id.to_string(),
-                                id: cmd_id,
-                                reason: format!("params: {}: {}", e.path, e.message),
-                            });
-                        }
-                    }
+                    let id = CommandId { job: id.to_string(), node, step, attempt, kind: CommandKind::Run };
+                    let params = spec.params(n, step);
+                    let cmd =
+                        command(id, epoch, &s.name, s.action.clone(), params, serde_json::Value::Null, timeout_ms, now);
+                    issue(&self.tx, cmd, &mut entry.active_nodes, round);
                 }
                 Action::Rollback { node, step, metadata, timeout_ms, .. } => {
                     let spec = entry.job.spec();
@@ -701,36 +680,9 @@ impl Runtime {
                         Some(p) => (s.rollback.as_ref().map(|r| r.action.clone()).unwrap_or_default(), p),
                         None => (s.action.clone(), spec.params(n, step)),
                     };
-                    let cmd_id = CommandId {
-                        job: id.to_string(),
-                        node: node.clone(),
-                        step,
-                        attempt: 1,
-                        kind: CommandKind::Rollback,
-                    };
-                    match params {
-                        Ok(params) => {
-                            round.commands.push(Command {
-                                id: cmd_id,
-                                epoch,
-                                step_name: s.name.clone(),
-                                action,
-                                params,
-                                metadata,
-                                timeout_ms,
-                                issued_at_ms: now,
-                                signature: None,
-                            });
-                            entry.active_nodes.insert(node);
-                        }
-                        Err(e) => {
-                            let _ = self.tx.try_send(Input::Rejected {
-                                job: id.to_string(),
-                                id: cmd_id,
-                                reason: format!("params: {}: {}", e.path, e.message),
-                            });
-                        }
-                    }
+                    let id = CommandId { job: id.to_string(), node, step, attempt: 1, kind: CommandKind::Rollback };
+                    let cmd = command(id, epoch, &s.name, action, params, metadata, timeout_ms, now);
+                    issue(&self.tx, cmd, &mut entry.active_nodes, round);
                 }
                 Action::CancelStep { node, step, attempt } => {
                     round.cancels.push(CommandId { job: id.to_string(), node, step, attempt, kind: CommandKind::Run });
@@ -895,6 +847,53 @@ impl Runtime {
             out.push(summary);
         }
         JobList { jobs: out, next }
+    }
+}
+
+/// Queue a command for sending, or, when its params could not be expanded (which
+/// admission checks rule out), fail its attempt clearly.
+fn issue(
+    tx: &mpsc::Sender<Input>,
+    cmd: Result<Command, (CommandId, String)>,
+    active: &mut BTreeSet<String>,
+    round: &mut Round,
+) {
+    match cmd {
+        Ok(cmd) => {
+            active.insert(cmd.id.node.clone());
+            round.commands.push(cmd);
+        }
+        Err((id, reason)) => {
+            let _ = tx.try_send(Input::Rejected { job: id.job.clone(), id, reason });
+        }
+    }
+}
+
+/// A command to an agent, or why its params could not be expanded.
+#[allow(clippy::too_many_arguments)]
+fn command(
+    id: CommandId,
+    epoch: u64,
+    step_name: &str,
+    action: String,
+    params: Result<serde_json::Value, drover_core::template::TemplateError>,
+    metadata: serde_json::Value,
+    timeout_ms: u64,
+    now: u64,
+) -> Result<Command, (CommandId, String)> {
+    match params {
+        Ok(params) => Ok(Command {
+            id,
+            epoch,
+            step_name: step_name.to_string(),
+            action,
+            params,
+            metadata,
+            timeout_ms,
+            issued_at_ms: now,
+            signature: None,
+        }),
+        Err(e) => Err((id, format!("params: {}: {}", e.path, e.message))),
     }
 }
 

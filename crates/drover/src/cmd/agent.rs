@@ -156,14 +156,7 @@ pub fn run(args: AgentArgs) -> Exit {
         }
     };
     let url = cfg.nats_url.clone().unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Error;
-        }
-    };
-    rt.block_on(async move {
+    super::block_on_runtime(async move {
         let node_id = cfg.node_id.clone();
         let data_dir = cfg.data_dir.clone();
         let client = match drover_bus::connect(&url, &format!("drover-agent-{node_id}")).await {

@@ -56,14 +56,7 @@ impl ControllerArgs {
 }
 
 pub fn run(args: ControllerArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Error;
-        }
-    };
-    rt.block_on(async move {
+    super::block_on_runtime(async move {
         let client = match drover_bus::connect(&args.nats_url, "drover-controller").await {
             Ok(c) => c,
             Err(e) => {

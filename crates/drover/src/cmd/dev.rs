@@ -98,14 +98,7 @@ impl DevFleet {
 }
 
 pub fn run(args: DevArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::Error;
-        }
-    };
-    rt.block_on(async move {
+    super::block_on_runtime(async move {
         let fleet = match DevFleet::start(&args).await {
             Ok(f) => f,
             Err(e) => {
@@ -114,7 +107,8 @@ pub fn run(args: DevArgs) -> Exit {
             }
         };
         let url = fleet.controller.url();
-        let api_hint = if url == "http://127.0.0.1:7070" { String::new() } else { format!("export DROVER_API={url}\n  ") };
+        let api_hint =
+            if url == "http://127.0.0.1:7070" { String::new() } else { format!("export DROVER_API={url}\n  ") };
         println!(
             "drover dev: a local fleet is running\n\n  API        {url}\n  NATS       {}\n  nodes      local-1..local-{} (labels role=web|db, zone=a|b)\n  data       {}\n\nTry, in another shell:\n  {api_hint}drover nodes list\n  drover run examples/rolling-rollback.yaml --watch\n\nCtrl-C stops everything.",
             fleet.nats_url,
