@@ -634,6 +634,7 @@ fn empty_result(id: &CommandId, outcome: AttemptOutcome) -> StepResult {
         error: None,
         metadata: Value::Null,
         finished_at_ms: now_ms(),
+        full_output: None,
     }
 }
 
@@ -656,6 +657,7 @@ fn to_step_result(id: &CommandId, r: Result<ExecResult, ActionError>, started: I
             error: x.error,
             metadata: x.metadata,
             finished_at_ms: now_ms(),
+            full_output: None,
         },
         Err(e) => {
             let mut r = empty_result(id, AttemptOutcome::Failed);
@@ -663,6 +665,30 @@ fn to_step_result(id: &CommandId, r: Result<ExecResult, ActionError>, started: I
             r.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             r
         }
+    }
+}
+
+/// Put a whole result into the outputs object store, retrying until it is stored (or the
+/// agent gives up on publishing at shutdown: then `false`, and the result stays
+/// unpublished in the journal for the next start).
+async fn store_whole_result(s: &Arc<Shared>, key: &str, whole: Vec<u8>) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut reader: &[u8] = &whole;
+        let put = s.topo.outputs.put(key, &mut reader);
+        let r = tokio::select! {
+            r = put => r,
+            _ = s.give_up.cancelled() => return false,
+        };
+        match r {
+            Ok(_) => return true,
+            Err(e) => tracing::warn!(key = %key, error = %e, retry_in = ?delay, "whole result not stored yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = s.give_up.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -718,7 +744,20 @@ fn cut_str(s: &str, max: usize) -> &str {
 async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
     let key = result.id.key();
     let subject = s.cfg.names.result(&result.id.job, &result.id.node);
-    let payload = Bytes::from(fit_payload(result, s.max_payload()));
+    let limit = s.max_payload();
+    let whole = serde_json::to_vec(result).unwrap_or_default();
+    let payload = if whole.len() > limit {
+        // Too large for one message: the whole result goes to the outputs object store
+        // first, and the message (cut to fit) says where it is.
+        if !store_whole_result(s, &key, whole).await {
+            return;
+        }
+        let mut cut = result.clone();
+        cut.full_output = Some(key.clone());
+        Bytes::from(fit_payload(&cut, limit))
+    } else {
+        Bytes::from(whole)
+    };
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = publish_once(&s.topo.js, subject.clone(), &key, payload.clone());

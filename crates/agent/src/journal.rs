@@ -446,6 +446,7 @@ mod tests {
             error: None,
             metadata: meta,
             finished_at_ms: 1,
+            full_output: None,
         }
     }
 

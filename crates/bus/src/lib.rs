@@ -5,7 +5,7 @@
 
 pub mod server;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use bytes::Bytes;
 use drover_core::wire::Names;
 use serde::Serialize;
@@ -84,6 +84,8 @@ pub struct Topology {
     pub nodes: kv::Store,
     pub heartbeats: kv::Store,
     pub jobs: kv::Store,
+    /// Whole step results too large for one message (see `StepResult::full_output`).
+    pub outputs: object_store::ObjectStore,
 }
 
 /// Create (or reuse) the streams and buckets. Safe to call from every process at start.
@@ -124,7 +126,28 @@ pub async fn ensure_topology(
     let nodes = ensure_kv(&js, bucket(names.nodes_bucket(), "drover node registrations")).await?;
     let heartbeats = ensure_kv(&js, bucket(names.heartbeats_bucket(), "drover node heartbeats")).await?;
     let jobs = ensure_kv(&js, bucket(names.jobs_bucket(), "drover job records")).await?;
-    Ok(Topology { names: names.clone(), js, nodes, heartbeats, jobs })
+    let outputs_name = names.outputs_bucket();
+    let outputs = match js.get_object_store(&outputs_name).await {
+        Ok(store) => store,
+        Err(_) => {
+            let cfg = object_store::Config {
+                bucket: outputs_name.clone(),
+                description: Some("drover step results too large for one message".into()),
+                max_age: cfg.results_max_age,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            };
+            match js.create_object_store(cfg).await {
+                Ok(store) => store,
+                // Another process created it between our two calls.
+                Err(e) => js
+                    .get_object_store(&outputs_name)
+                    .await
+                    .map_err(|_| BusError::js(format!("object store {outputs_name}"), e))?,
+            }
+        }
+    };
+    Ok(Topology { names: names.clone(), js, nodes, heartbeats, jobs, outputs })
 }
 
 async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, BusError> {

@@ -177,13 +177,21 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
         None => archived(&s, &id).await?.and_then(|r| crate::runtime::node_steps(&r.job, &node)),
     };
     let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
-    let results: Vec<StepResult> =
+    let mut results: Vec<StepResult> =
         read_subject(&s.topo, &s.topo.names.results_stream(), &s.topo.names.result(&id, &node))
             .await
             .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?
             .into_iter()
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect();
+    for r in &mut results {
+        if let Some(name) = r.full_output.clone() {
+            match whole_result(&s.topo, &name).await {
+                Ok(whole) => *r = whole,
+                Err(e) => tracing::warn!(%name, "the whole result is not available; showing the cut one: {e}"),
+            }
+        }
+    }
     let r = steps.report;
     let details = r
         .steps
@@ -199,6 +207,15 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
         .collect();
     Ok(Json(NodeDetail { job_id: id, node, outcome: r.outcome, failure: r.failure, batch: r.batch, steps: details })
         .into_response())
+}
+
+/// A whole step result from the outputs object store (its message was cut to fit).
+async fn whole_result(topo: &Topology, name: &str) -> Result<StepResult, String> {
+    use tokio::io::AsyncReadExt;
+    let mut object = topo.outputs.get(name).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    object.read_to_end(&mut bytes).await.map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// Every message on one subject of a stream, oldest first.

@@ -101,6 +101,11 @@ impl Names {
         format!("{}_heartbeats", self.prefix.replace('.', "_"))
     }
 
+    /// Object store: whole step results too large for one message.
+    pub fn outputs_bucket(&self) -> String {
+        format!("{}_outputs", self.prefix.replace('.', "_"))
+    }
+
     /// KV bucket: job records (spec and summary).
     pub fn jobs_bucket(&self) -> String {
         format!("{}_jobs", self.prefix.replace('.', "_"))
@@ -246,6 +251,10 @@ pub struct StepResult {
     /// Agent clock at the end (for display).
     #[serde(default)]
     pub finished_at_ms: u64,
+    /// This message was cut to fit the server's message size; the whole result is in
+    /// the outputs object store under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_output: Option<String>,
 }
 
 /// An action as a node offers it.

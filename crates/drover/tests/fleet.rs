@@ -358,3 +358,23 @@ async fn finished_jobs_leave_memory_but_stay_readable_by_id() {
     assert_eq!(missing.status().as_u16(), 404);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_for_a_message_is_served_whole_from_the_object_store() {
+    let mut fleet = Fleet::start(Options { agents: 0, ..Options::default() }).await;
+    let mut cfg = fleet.agent_config("n1", BTreeMap::new(), false);
+    cfg.output_cap = 1 << 20;
+    fleet.start_agent_with(cfg).await;
+    fleet.wait_nodes(1).await;
+    // 700 kB on stdout and on stderr: 1.4 MB of output, over the 1 MB message limit.
+    let plan = "name: big\ntargets: {all: true}\nsteps: [{name: out, action: test.output, with: {bytes: 700000, stream: both}}]\n";
+    let id = fleet.submit(plan).await;
+    assert_eq!(fleet.wait_final(&id, LIMIT).await.report.status, JobStatus::Succeeded);
+    let d = fleet.get(&format!("/v1/jobs/{id}/nodes/n1")).await;
+    let r = &d["steps"][0]["results"][0];
+    assert_eq!(r["stdout"].as_str().map(str::len), Some(700_000), "stdout was cut");
+    assert_eq!(r["stderr"].as_str().map(str::len), Some(700_000), "stderr was cut");
+    assert_eq!(r["truncated"], false);
+    assert!(r["full_output"].is_null(), "the whole result replaces the cut one");
+    fleet.stop().await;
+}

@@ -201,9 +201,14 @@ impl Fleet {
 
     pub async fn start_agent(&mut self, id: &str, labels: BTreeMap<String, String>, allow_shell: bool) {
         let cfg = self.agent_config(id, labels, allow_shell);
+        self.start_agent_with(cfg).await;
+    }
+
+    pub async fn start_agent_with(&mut self, cfg: AgentConfig) {
+        let id = cfg.node_id.clone();
         let client = drover_bus::connect(&self.nats_urls, &format!("test-agent-{id}")).await.expect("connect");
         let h = Agent::start(cfg, client).await.expect("agent starts");
-        self.agents.insert(id.to_string(), h);
+        self.agents.insert(id, h);
     }
 
     /// Wait until the controller sees `n` online nodes.
