@@ -90,6 +90,10 @@ fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Opti
         problems.0.push(format!("job {id}: no spec in its journal; not rebuilt"));
         return None;
     };
+    if let Err(e) = spec.check_consistent() {
+        problems.0.push(format!("job {id}: its journaled spec is damaged ({e}); not rebuilt"));
+        return None;
+    }
     inputs_in.sort_by_key(|(n, _, _)| *n);
     let mut job = Job::new(*spec, engine);
     let mut inputs = 0u64;

@@ -81,6 +81,34 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// Check what [`JobSpec::build`] guarantees, for a spec read back from storage (a
+    /// journal written by another version, or damaged): every node in exactly one batch,
+    /// at least one node and one step. The engine relies on it.
+    pub fn check_consistent(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("it has no nodes".into());
+        }
+        if self.plan.steps.is_empty() {
+            return Err("it has no steps".into());
+        }
+        let mut seen = vec![false; self.nodes.len()];
+        for (b, members) in self.batches.iter().enumerate() {
+            for &n in members {
+                match seen.get_mut(n) {
+                    None => {
+                        return Err(format!("batch {} names node {n}, but there are {} nodes", b + 1, self.nodes.len()));
+                    }
+                    Some(true) => return Err(format!("node {n} is in two batches")),
+                    Some(s) => *s = true,
+                }
+            }
+        }
+        match seen.iter().position(|s| !s) {
+            Some(n) => Err(format!("node {n} is in no batch")),
+            None => Ok(()),
+        }
+    }
+
     /// Resolve the plan's targets on `fleet` and freeze the job.
     pub fn build(job_id: &str, plan: &Plan, fleet: &[NodeInfo]) -> Result<JobSpec, PlanErrors> {
         let mut errors = Vec::new();
@@ -303,6 +331,28 @@ pub fn select(plan: &Plan, fleet: &[NodeInfo]) -> Result<Vec<String>, Vec<PlanEr
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_damaged_spec_is_caught_before_the_engine_uses_it() {
+        let plan = crate::parse::parse_plan(
+            "name: t\ntargets: {all: true}\nrollout: {strategy: rolling, batch: 1}\nsteps: [{name: a, action: echo}]\n",
+            crate::parse::Format::Yaml,
+            None,
+        )
+        .unwrap();
+        let fleet = vec![NodeInfo::new("a"), NodeInfo::new("b")];
+        let good = JobSpec::build("j", &plan, &fleet).unwrap();
+        assert_eq!(good.check_consistent(), Ok(()));
+        let mut bad = good.clone();
+        bad.batches[1] = vec![7];
+        assert_eq!(bad.check_consistent().unwrap_err(), "batch 2 names node 7, but there are 2 nodes");
+        let mut bad = good.clone();
+        bad.batches[1] = vec![0];
+        assert_eq!(bad.check_consistent().unwrap_err(), "node 0 is in two batches");
+        let mut bad = good;
+        bad.batches.pop();
+        assert_eq!(bad.check_consistent().unwrap_err(), "node 1 is in no batch");
+    }
     use super::*;
     use crate::parse::{Format, parse_plan};
 
