@@ -148,6 +148,16 @@ pub fn command_env(ctx: &ExecContext, extra: &BTreeMap<String, String>) -> BTree
     env
 }
 
+/// The variables of [`command_env`] that identify the step a process belongs to (the
+/// process-group record uses them to find its processes after an agent crash).
+fn step_marker(ctx: &ExecContext) -> Vec<(String, String)> {
+    let env = command_env(ctx, &BTreeMap::new());
+    ["DROVER_JOB_ID", "DROVER_NODE_ID", "DROVER_STEP", "DROVER_ATTEMPT"]
+        .iter()
+        .filter_map(|k| env.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect()
+}
+
 /// Find `program` on the PATH the command would get (for "which manager is here" probes).
 pub fn which(ctx: &ExecContext, program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -259,7 +269,7 @@ pub async fn run(cmd: &Cmd, ctx: &ExecContext) -> Result<Output, ActionError> {
     let mut child = c.spawn().map_err(|e| ActionError::io(format!("cannot start `{}`", cmd.program), e))?;
     let guard = GroupGuard { pgid: child.id().and_then(|p| i32::try_from(p).ok()) };
     let record = match (&ctx.process_groups, guard.pgid) {
-        (Some(dir), Some(pgid)) => crate::groups::GroupRecord::create(dir, pgid),
+        (Some(dir), Some(pgid)) => crate::groups::GroupRecord::create(dir, pgid, &step_marker(ctx)),
         _ => None,
     };
     tracing::debug!(command = %cmd.display(), pgid = ?guard.pgid, "started command");

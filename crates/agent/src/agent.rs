@@ -156,6 +156,16 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Task(e.to_string()))??;
         tracing::info!(node = %node_id, journal = %journal.path().display(), commands = journal.len(), "agent journal loaded");
+        // First of all (this data dir is ours now, under the journal's lock), the processes
+        // of steps that were running when a previous run was killed: a step is reported
+        // interrupted (and may be retried) only once nothing of it runs any more.
+        let groups = cfg.data_dir.join(PROCESS_GROUPS_DIR);
+        let killed = tokio::task::spawn_blocking(move || drover_actions::groups::kill_leftover_groups(&groups))
+            .await
+            .unwrap_or_default();
+        if !killed.is_empty() {
+            tracing::warn!(processes = ?killed, "killed processes left running by steps of the previous run");
+        }
         let topo = ensure_topology(client.clone(), &cfg.names, &cfg.topology).await?;
         let registry = Arc::new(Registry::builtin());
         let record = node_record(&cfg, &registry);
@@ -185,13 +195,7 @@ impl Agent {
             heartbeat: None,
             done: false,
         };
-        // What the previous run left behind. First the processes of steps that were
-        // running when it was killed: a step is reported interrupted (and may be retried)
-        // only once nothing of it runs any more.
-        let killed = drover_actions::groups::kill_leftover_groups(&shared.cfg.data_dir.join(PROCESS_GROUPS_DIR));
-        if !killed.is_empty() {
-            tracing::warn!(groups = ?killed, "killed process groups left running by steps of the previous run");
-        }
+        // What the previous run left behind (its processes are already gone, see above).
         let pending = shared
             .with_state(|st| {
                 let Some(j) = st.journal.as_mut() else { return Vec::new() };
@@ -668,29 +672,35 @@ fn to_step_result(id: &CommandId, r: Result<ExecResult, ActionError>, started: I
     }
 }
 
-/// Put a whole result into the outputs object store, retrying until it is stored (or the
-/// agent gives up on publishing at shutdown: then `false`, and the result stays
-/// unpublished in the journal for the next start).
-async fn store_whole_result(s: &Arc<Shared>, key: &str, whole: Vec<u8>) -> bool {
+/// Put a whole result into the outputs object store: `Some(true)` once stored,
+/// `Some(false)` after [`STORE_TRIES`] failures (the cut result is published alone),
+/// `None` when the agent gives up on publishing at shutdown (the result stays unpublished
+/// in the journal for the next start).
+async fn store_whole_result(s: &Arc<Shared>, key: &str, whole: Vec<u8>) -> Option<bool> {
     let mut delay = Duration::from_millis(100);
-    loop {
+    for _ in 0..STORE_TRIES {
         let mut reader: &[u8] = &whole;
         let put = s.topo.outputs.put(key, &mut reader);
         let r = tokio::select! {
             r = put => r,
-            _ = s.give_up.cancelled() => return false,
+            _ = s.give_up.cancelled() => return None,
         };
         match r {
-            Ok(_) => return true,
+            Ok(_) => return Some(true),
             Err(e) => tracing::warn!(key = %key, error = %e, retry_in = ?delay, "whole result not stored yet"),
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = s.give_up.cancelled() => return false,
+            _ = s.give_up.cancelled() => return None,
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    tracing::error!(key = %key, "cannot store the whole result; publishing it cut to fit");
+    Some(false)
 }
+
+/// Attempts to store a whole result before publishing it cut instead (about 15 s).
+const STORE_TRIES: usize = 6;
 
 /// The JSON of a result, made to fit in `limit` bytes: rollback metadata too large is
 /// replaced by `{"x-drover-metadata-on-agent": <bytes>}` (the journal keeps it), then
@@ -749,11 +759,13 @@ async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
     let payload = if whole.len() > limit {
         // Too large for one message: the whole result goes to the outputs object store
         // first, and the message (cut to fit) says where it is.
-        if !store_whole_result(s, &key, whole).await {
-            return;
-        }
         let mut cut = result.clone();
-        cut.full_output = Some(key.clone());
+        match store_whole_result(s, &key, whole).await {
+            Some(true) => cut.full_output = Some(key.clone()),
+            // The store keeps failing: the cut result is still better than none.
+            Some(false) => {}
+            None => return, // shutting down: published at the next start
+        }
         Bytes::from(fit_payload(&cut, limit))
     } else {
         Bytes::from(whole)

@@ -125,7 +125,11 @@ pub async fn ensure_topology(
     };
     let nodes = ensure_kv(&js, bucket(names.nodes_bucket(), "drover node registrations")).await?;
     let heartbeats = ensure_kv(&js, bucket(names.heartbeats_bucket(), "drover node heartbeats")).await?;
-    let jobs = ensure_kv(&js, bucket(names.jobs_bucket(), "drover job records")).await?;
+    let jobs = ensure_kv(
+        &js,
+        kv::Config { max_age: cfg.events_max_age, ..bucket(names.jobs_bucket(), "drover job records") },
+    )
+    .await?;
     let outputs_name = names.outputs_bucket();
     let outputs = match js.get_object_store(&outputs_name).await {
         Ok(store) => store,
@@ -219,7 +223,14 @@ pub async fn read_all(js: &jetstream::Context, stream: &str, filter: &str) -> Re
     let mut messages = consumer.messages().await.map_err(|e| BusError::js(what(), e))?;
     while (out.len() as u64) < total {
         match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
-            Ok(Some(Ok(m))) => out.push((m.subject.to_string(), m.payload.clone())),
+            Ok(Some(Ok(m))) => {
+                // Messages that expire during the read never come: stop at the last one.
+                let last = m.info().is_ok_and(|i| i.pending == 0);
+                out.push((m.subject.to_string(), m.payload.clone()));
+                if last {
+                    break;
+                }
+            }
             Ok(Some(Err(e))) => return Err(BusError::js(what(), e)),
             Ok(None) => break,
             Err(_) => {

@@ -173,7 +173,7 @@ async fn archived(s: &AppState, id: &str) -> ApiResult<Option<crate::recovery::R
 
 async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String, String)>) -> ApiResult<Response> {
     let steps = match ask(&s, |reply| Input::NodeSteps { job: id.clone(), node: node.clone(), reply }).await? {
-        Some(steps) => Some(steps),
+        Some(in_memory) => in_memory,
         None => archived(&s, &id).await?.and_then(|r| crate::runtime::node_steps(&r.job, &node)),
     };
     let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
@@ -187,7 +187,8 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
     for r in &mut results {
         if let Some(name) = r.full_output.clone() {
             match whole_result(&s.topo, &name).await {
-                Ok(whole) => *r = whole,
+                Ok(whole) if whole.id == r.id => *r = whole,
+                Ok(whole) => tracing::warn!(%name, "the stored result is for {}, not {}; showing the cut one", whole.id, r.id),
                 Err(e) => tracing::warn!(%name, "the whole result is not available; showing the cut one: {e}"),
             }
         }
@@ -327,7 +328,15 @@ async fn operate(State(s): State<AppState>, Path((id, op)): Path<(String, String
             ));
         }
     };
-    let r = ask(&s, |reply| Input::Operator { job: id, event, reply }).await?;
+    let name = event.name();
+    let r = ask(&s, |reply| Input::Operator { job: id.clone(), event, reply }).await?;
+    if let Err(Refusal::NotFound(_)) = &r
+        && let Some(old) = archived(&s, &id).await?
+    {
+        // Finished long ago and no longer in memory: as for any finished job, a conflict.
+        let status = old.job.status();
+        return Err(ApiFailure::new(StatusCode::CONFLICT, format!("cannot {name}: the job is already {status}")));
+    }
     Ok(Json(r?).into_response())
 }
 

@@ -53,9 +53,13 @@ pub enum Input {
     Tick,
     Get { job: String, reply: oneshot::Sender<Option<JobView>> },
     List { status: Option<JobStatus>, limit: usize, after: Option<String>, reply: oneshot::Sender<JobList> },
-    NodeSteps { job: String, node: String, reply: oneshot::Sender<Option<NodeSteps>> },
+    /// `None`: the job is not in memory; `Some(None)`: it is, without that node.
+    NodeSteps { job: String, node: String, reply: oneshot::Sender<Option<Option<NodeSteps>>> },
     Busy { reply: oneshot::Sender<BTreeMap<String, String>> },
 }
+
+/// Jobs that finished within this long before a restart get their progress stream checked.
+const RECENT_MS: u64 = 3_600_000;
 
 /// After a restart, no rebuilt timer fires sooner than this: time for the results that
 /// arrived while no controller ran to be read and applied first.
@@ -240,7 +244,12 @@ impl Runtime {
             } else {
                 Stage::Active
             };
-            self.republish_missing_progress(&r.id, &r.progress, &mut round).await;
+            // A job that finished long ago has long been watched to its end; the check is a
+            // round trip per job, so only unfinished and recently finished jobs get it.
+            let recent = r.job.times().1.is_none_or(|t| now.saturating_sub(t) < RECENT_MS);
+            if recent {
+                self.republish_missing_progress(&r.id, &r.progress, &mut round).await;
+            }
             let mut entry = Entry {
                 job: r.job,
                 stage,
@@ -320,7 +329,12 @@ impl Runtime {
         let stored = match self.topo.js.get_stream(self.topo.names.events_stream()).await {
             Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(m) => serde_json::from_slice::<Progress>(&m.payload).map(|p| p.seq).unwrap_or(0),
-                Err(_) => 0,
+                Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+                // Not known: publishing everything again would repeat events to watchers.
+                Err(e) => {
+                    tracing::warn!(job = id, "cannot check the job's progress stream: {e}");
+                    return;
+                }
             },
             Err(_) => return,
         };
@@ -434,7 +448,7 @@ impl Runtime {
                 let _ = reply.send(self.list(status, limit, after));
             }
             Input::NodeSteps { job, node, reply } => {
-                let _ = reply.send(self.jobs.get(&job).and_then(|e| node_steps(&e.job, &node)));
+                let _ = reply.send(self.jobs.get(&job).map(|e| node_steps(&e.job, &node)));
             }
             Input::Busy { reply } => {
                 let _ = reply.send(self.locks.clone());
@@ -734,6 +748,7 @@ impl Runtime {
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
         //    of journal writes); a job that finishes as it starts releases them in turn.
         let mut finished = std::mem::take(&mut round.finished);
+        let mut retired = Vec::new();
         while !finished.is_empty() {
             let now = now_ms();
             for id in finished {
@@ -742,7 +757,7 @@ impl Runtime {
                     e.active_nodes.clear();
                 }
                 self.locks.retain(|_, j| *j != id);
-                self.retire(id);
+                retired.push(id);
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
@@ -801,6 +816,10 @@ impl Runtime {
                     }
                 });
             }
+        }
+        // 6. Finished jobs join the retained ones (after their final summary is written).
+        for id in retired {
+            self.retire(id);
         }
         let running = self.jobs.values().filter(|e| e.stage == Stage::Active).count();
         self.metrics.jobs_running.set(running as i64);

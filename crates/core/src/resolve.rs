@@ -96,7 +96,11 @@ impl JobSpec {
             for &n in members {
                 match seen.get_mut(n) {
                     None => {
-                        return Err(format!("batch {} names node {n}, but there are {} nodes", b + 1, self.nodes.len()));
+                        return Err(format!(
+                            "batch {} names node {n}, but there are {} nodes",
+                            b + 1,
+                            self.nodes.len()
+                        ));
                     }
                     Some(true) => return Err(format!("node {n} is in two batches")),
                     Some(s) => *s = true,

@@ -25,6 +25,8 @@ enum Command {
     Actions(cmd::actions::ActionsArgs),
     /// Run the agent on this node: execute commands from the controller.
     Agent(cmd::agent::AgentArgs),
+    /// Measure drover against the NATS floor on a local fleet it starts itself.
+    Bench(cmd::bench::BenchArgs),
     /// Run a controller (REST API, job engine) against an existing NATS.
     Controller(cmd::controller::ControllerArgs),
     /// Start a whole local fleet: nats-server, controller and N agents.
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
     let code = match cli.command {
         Command::Actions(args) => cmd::actions::run(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Run(args) => cmd::run::run(args),

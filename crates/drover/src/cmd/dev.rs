@@ -39,8 +39,8 @@ impl DevFleet {
     /// Start everything; agents are ready when this returns.
     pub async fn start(args: &DevArgs) -> anyhow::Result<DevFleet> {
         use anyhow::Context;
-        if args.agents == 0 || args.agents > 1000 {
-            anyhow::bail!("--agents must be between 1 and 1000, got {}", args.agents);
+        if args.agents == 0 {
+            anyhow::bail!("a fleet needs at least one agent");
         }
         std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
         let data_dir =
@@ -98,6 +98,10 @@ impl DevFleet {
 }
 
 pub fn run(args: DevArgs) -> Exit {
+    if args.agents == 0 || args.agents > 1000 {
+        eprintln!("error: --agents must be between 1 and 1000, got {}", args.agents);
+        return Exit::Invalid;
+    }
     super::block_on_runtime(async move {
         let fleet = match DevFleet::start(&args).await {
             Ok(f) => f,

@@ -2,6 +2,7 @@
 
 pub mod actions;
 pub mod agent;
+pub mod bench;
 pub mod controller;
 pub mod dev;
 pub mod exec;
