@@ -125,11 +125,9 @@ pub async fn ensure_topology(
     };
     let nodes = ensure_kv(&js, bucket(names.nodes_bucket(), "drover node registrations")).await?;
     let heartbeats = ensure_kv(&js, bucket(names.heartbeats_bucket(), "drover node heartbeats")).await?;
-    let jobs = ensure_kv(
-        &js,
-        kv::Config { max_age: cfg.events_max_age, ..bucket(names.jobs_bucket(), "drover job records") },
-    )
-    .await?;
+    let jobs =
+        ensure_kv(&js, kv::Config { max_age: cfg.events_max_age, ..bucket(names.jobs_bucket(), "drover job records") })
+            .await?;
     let outputs_name = names.outputs_bucket();
     let outputs = match js.get_object_store(&outputs_name).await {
         Ok(store) => store,

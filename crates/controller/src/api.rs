@@ -188,7 +188,9 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
         if let Some(name) = r.full_output.clone() {
             match whole_result(&s.topo, &name).await {
                 Ok(whole) if whole.id == r.id => *r = whole,
-                Ok(whole) => tracing::warn!(%name, "the stored result is for {}, not {}; showing the cut one", whole.id, r.id),
+                Ok(whole) => {
+                    tracing::warn!(%name, "the stored result is for {}, not {}; showing the cut one", whole.id, r.id)
+                }
                 Err(e) => tracing::warn!(%name, "the whole result is not available; showing the cut one: {e}"),
             }
         }

@@ -67,7 +67,12 @@ impl Registry {
 
     /// Online: a recent heartbeat saying `online`.
     pub fn is_online(&self, id: &str, now_ms: u64) -> bool {
-        self.read().seen.get(id).is_some_and(|s| {
+        self.online(self.read().seen.get(id), now_ms)
+    }
+
+    /// A recent heartbeat saying `online`.
+    fn online(&self, seen: Option<&Seen>, now_ms: u64) -> bool {
+        seen.is_some_and(|s| {
             s.status == AgentStatus::Online && now_ms.saturating_sub(s.at_ms) <= self.heartbeat_timeout_ms
         })
     }
@@ -87,9 +92,17 @@ impl Registry {
 
     /// The fleet for target resolution.
     pub fn fleet(&self, now_ms: u64) -> Vec<NodeInfo> {
-        let ids: Vec<NodeRecord> = self.read().records.values().cloned().collect();
-        ids.into_iter()
-            .map(|r| NodeInfo { online: self.is_online(&r.id, now_ms), id: r.id, labels: r.labels, groups: r.groups })
+        // Only what resolution needs: cloning whole records (with every action's schema)
+        // cost ~0.3 s per submission on a 1,000-node fleet.
+        let r = self.read();
+        r.records
+            .values()
+            .map(|rec| NodeInfo {
+                id: rec.id.clone(),
+                labels: rec.labels.clone(),
+                groups: rec.groups.clone(),
+                online: self.online(r.seen.get(&rec.id), now_ms),
+            })
             .collect()
     }
 
@@ -132,9 +145,7 @@ impl Registry {
             labels: rec.labels.clone(),
             groups: rec.groups.clone(),
             facts: rec.facts.clone(),
-            online: seen.is_some_and(|s| {
-                s.status == AgentStatus::Online && now_ms.saturating_sub(s.at_ms) <= self.heartbeat_timeout_ms
-            }),
+            online: self.online(seen, now_ms),
             status: seen.map(|s| s.status).unwrap_or(AgentStatus::Stopped),
             last_seen_ago_ms: seen.map(|s| now_ms.saturating_sub(s.at_ms)),
             busy_with,

@@ -44,18 +44,55 @@ type Reply = Box<dyn FnOnce(&Runtime) + Send>;
 
 /// Inputs to the runtime.
 pub enum Input {
-    Submit { text: String, format: Format, dry_run: bool, reply: oneshot::Sender<Result<Submitted, Refusal>> },
-    Operator { job: String, event: Event, reply: oneshot::Sender<Result<OperatorReply, Refusal>> },
-    Result { result: Box<StepResult>, msg: Option<Box<jetstream::Message>> },
-    Timer { job: String, timer: Timer },
-    Lost { job: String, node: String, reason: String },
-    Rejected { job: String, id: CommandId, reason: String },
+    Submit {
+        text: String,
+        format: Format,
+        dry_run: bool,
+        reply: oneshot::Sender<Result<Submitted, Refusal>>,
+    },
+    Operator {
+        job: String,
+        event: Event,
+        reply: oneshot::Sender<Result<OperatorReply, Refusal>>,
+    },
+    Result {
+        result: Box<StepResult>,
+        msg: Option<Box<jetstream::Message>>,
+    },
+    Timer {
+        job: String,
+        timer: Timer,
+    },
+    Lost {
+        job: String,
+        node: String,
+        reason: String,
+    },
+    Rejected {
+        job: String,
+        id: CommandId,
+        reason: String,
+    },
     Tick,
-    Get { job: String, reply: oneshot::Sender<Option<JobView>> },
-    List { status: Option<JobStatus>, limit: usize, after: Option<String>, reply: oneshot::Sender<JobList> },
+    Get {
+        job: String,
+        reply: oneshot::Sender<Option<JobView>>,
+    },
+    List {
+        status: Option<JobStatus>,
+        limit: usize,
+        after: Option<String>,
+        reply: oneshot::Sender<JobList>,
+    },
     /// `None`: the job is not in memory; `Some(None)`: it is, without that node.
-    NodeSteps { job: String, node: String, reply: oneshot::Sender<Option<Option<NodeSteps>>> },
-    Busy { reply: oneshot::Sender<BTreeMap<String, String>> },
+    NodeSteps {
+        job: String,
+        node: String,
+        reply: oneshot::Sender<Option<Option<NodeSteps>>>,
+    },
+    Busy {
+        reply: oneshot::Sender<BTreeMap<String, String>>,
+    },
 }
 
 /// Jobs that finished within this long before a restart get their progress stream checked.
