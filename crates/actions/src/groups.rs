@@ -62,36 +62,44 @@ pub fn kill_leftover_groups(dir: &Path) -> Vec<i32> {
         let path = entry.path();
         let pgid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<i32>().ok());
         let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let (Some(pgid), Some(boot)) = (pgid, boot.as_deref()) {
+            killed.extend(kill_recorded(pgid, &text, boot));
+        }
+        // Forgotten only once its processes are signalled: a crash before this finds the
+        // record again at the next start.
         let _ = std::fs::remove_file(&path);
-        let mut lines = text.lines();
-        let (recorded_boot, recorded_start) = (lines.next(), lines.next().and_then(|s| s.parse::<u64>().ok()));
-        let marker: Vec<&str> = lines.filter(|l| l.contains('=')).collect();
-        let (Some(pgid), Some(boot), Some(rb), Some(rs)) = (pgid, boot.as_deref(), recorded_boot, recorded_start)
-        else {
-            continue;
-        };
-        if pgid <= 1 || rb != boot {
-            continue; // another boot: those processes are gone, the numbers mean nothing
-        }
-        if start_time(pgid) == Some(rs) {
-            // SAFETY: killpg has no memory-safety preconditions; ESRCH (gone) is fine.
-            if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
-                killed.push(-pgid);
-            }
-        }
-        if !marker.is_empty() {
-            for pid in processes_with(&marker) {
-                // SAFETY: kill has no memory-safety preconditions; ESRCH (gone) is fine.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                    killed.push(pid);
-                }
-            }
-        }
     }
     // SIGKILL is delivered asynchronously: wait until the processes are really gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while killed.iter().any(|&p| alive(p.abs())) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killed
+}
+
+/// Kill what one record (`text`, of group `pgid`) names, if it is of this boot. Returns the
+/// processes signalled (a group as its negative id).
+fn kill_recorded(pgid: i32, text: &str, boot: &str) -> Vec<i32> {
+    let mut lines = text.lines();
+    let (recorded_boot, recorded_start) = (lines.next(), lines.next().and_then(|s| s.parse::<u64>().ok()));
+    let marker: Vec<&str> = lines.filter(|l| l.contains('=')).collect();
+    let mut killed = Vec::new();
+    if pgid <= 1 || recorded_boot != Some(boot) {
+        return killed; // another boot: those processes are gone, the numbers mean nothing
+    }
+    if recorded_start.is_some() && start_time(pgid) == recorded_start {
+        // SAFETY: killpg has no memory-safety preconditions; ESRCH (gone) is fine.
+        if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
+            killed.push(-pgid);
+        }
+    }
+    if !marker.is_empty() {
+        for pid in processes_with(&marker) {
+            // SAFETY: kill has no memory-safety preconditions; ESRCH (gone) is fine.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed.push(pid);
+            }
+        }
     }
     killed
 }

@@ -148,10 +148,9 @@ pub fn command_env(ctx: &ExecContext, extra: &BTreeMap<String, String>) -> BTree
     env
 }
 
-/// The variables of [`command_env`] that identify the step a process belongs to (the
-/// process-group record uses them to find its processes after an agent crash).
-fn step_marker(ctx: &ExecContext) -> Vec<(String, String)> {
-    let env = command_env(ctx, &BTreeMap::new());
+/// The variables of a command's environment that identify the step its processes belong
+/// to (the process-group record uses them to find them after an agent crash).
+fn step_marker(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
     ["DROVER_JOB_ID", "DROVER_NODE_ID", "DROVER_STEP", "DROVER_ATTEMPT"]
         .iter()
         .filter_map(|k| env.get(*k).map(|v| (k.to_string(), v.clone())))
@@ -254,10 +253,11 @@ pub async fn run(cmd: &Cmd, ctx: &ExecContext) -> Result<Output, ActionError> {
             truncated: false,
         });
     }
+    let env = command_env(ctx, &cmd.env);
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
         .env_clear()
-        .envs(command_env(ctx, &cmd.env))
+        .envs(&env)
         .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -269,7 +269,7 @@ pub async fn run(cmd: &Cmd, ctx: &ExecContext) -> Result<Output, ActionError> {
     let mut child = c.spawn().map_err(|e| ActionError::io(format!("cannot start `{}`", cmd.program), e))?;
     let guard = GroupGuard { pgid: child.id().and_then(|p| i32::try_from(p).ok()) };
     let record = match (&ctx.process_groups, guard.pgid) {
-        (Some(dir), Some(pgid)) => crate::groups::GroupRecord::create(dir, pgid, &step_marker(ctx)),
+        (Some(dir), Some(pgid)) => crate::groups::GroupRecord::create(dir, pgid, &step_marker(&env)),
         _ => None,
     };
     tracing::debug!(command = %cmd.display(), pgid = ?guard.pgid, "started command");

@@ -95,7 +95,8 @@ pub enum Input {
     },
 }
 
-/// Jobs that finished within this long before a restart get their progress stream checked.
+/// Jobs that finished within this long of the last one to finish get their progress
+/// stream checked at a restart.
 const RECENT_MS: u64 = 3_600_000;
 
 /// After a restart, no rebuilt timer fires sooner than this: time for the results that
@@ -271,6 +272,9 @@ impl Runtime {
             tracing::warn!("recovery: {p}");
         }
         let now = now_ms();
+        // "Recent" is measured from the last job that finished, not from now: after a long
+        // outage the jobs that finished just before it are the ones that may lack progress.
+        let latest = rebuilt.iter().filter_map(|r| r.job.times().1).max().unwrap_or(now);
         let mut round = Round::default();
         let mut report = Recovery { lines: read, problems: problems.0.len(), ..Recovery::default() };
         for r in rebuilt {
@@ -283,7 +287,7 @@ impl Runtime {
             };
             // A job that finished long ago has long been watched to its end; the check is a
             // round trip per job, so only unfinished and recently finished jobs get it.
-            let recent = r.job.times().1.is_none_or(|t| now.saturating_sub(t) < RECENT_MS);
+            let recent = r.job.times().1.is_none_or(|t| latest.saturating_sub(t) < RECENT_MS);
             if recent {
                 self.republish_missing_progress(&r.id, &r.progress, &mut round).await;
             }
@@ -478,14 +482,22 @@ impl Runtime {
                 }
             }
             Input::Tick => self.check_liveness(now, round),
+            // Reads are answered after the round's commit, like submissions: nobody sees a
+            // state that is not durable yet (a crash could still take it back).
             Input::Get { job, reply } => {
-                let _ = reply.send(self.view(&job));
+                replies.push(Box::new(move |rt: &Runtime| {
+                    let _ = reply.send(rt.view(&job));
+                }));
             }
             Input::List { status, limit, after, reply } => {
-                let _ = reply.send(self.list(status, limit, after));
+                replies.push(Box::new(move |rt: &Runtime| {
+                    let _ = reply.send(rt.list(status, limit, after));
+                }));
             }
             Input::NodeSteps { job, node, reply } => {
-                let _ = reply.send(self.jobs.get(&job).map(|e| node_steps(&e.job, &node)));
+                replies.push(Box::new(move |rt: &Runtime| {
+                    let _ = reply.send(rt.jobs.get(&job).map(|e| node_steps(&e.job, &node)));
+                }));
             }
             Input::Busy { reply } => {
                 let _ = reply.send(self.locks.clone());
