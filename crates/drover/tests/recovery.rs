@@ -34,6 +34,35 @@ fn lines(fleet: &Fleet, node: &str) -> String {
     std::fs::read_to_string(fleet.path("out").join(format!("{node}.log"))).unwrap_or_default()
 }
 
+/// A plan on every node whose first and last steps append a line to the node's file in
+/// the fleet's `out` dir, with a sleep of `wait` between them (the window for a fault).
+fn append_plan(fleet: &Fleet, name: &str, rollout: &str, wait: &str) -> String {
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    format!(
+        r#"name: {name}
+targets: {{all: true}}
+rollout: {rollout}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: wait, action: sleep, with: {{duration: {wait}}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    )
+}
+
+/// The job succeeded, every node ran each step exactly once, and every node is seen
+/// online afterwards (the registry kept following heartbeats).
+async fn assert_succeeded_once(fleet: &Fleet, id: &str, nodes: &[&str]) {
+    let v = fleet.wait_final(id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    for n in nodes {
+        assert_eq!(lines(fleet, n), "first\nlast\n", "side effects on {n}");
+    }
+    fleet.wait_nodes(nodes.len()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_controller_resumes_a_rolling_job_with_retries_and_runs_nothing_twice() {
     let mut fleet = crash_fleet(6).await;
@@ -122,32 +151,13 @@ async fn queued_and_finished_jobs_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_restart_mid_job_loses_nothing_and_runs_nothing_twice() {
     let mut fleet = Fleet::start(Options { agents: 3, ..Options::default() }).await;
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let plan = format!(
-        r#"name: nats-restart
-targets: {{all: true}}
-rollout: {{strategy: rolling, batch: 1}}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: wait, action: sleep, with: {{duration: 700ms}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    );
-    let id = fleet.submit(&plan).await;
+    let id = fleet.submit(&append_plan(&fleet, "nats-restart", "{strategy: rolling, batch: 1}", "700ms")).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Same port, same store: the controller and the agents reconnect.
     let t = std::time::Instant::now();
     fleet.server.restart().expect("nats-server restarts");
     eprintln!("restart took {:?}", t.elapsed());
-    let v = fleet.wait_final(&id, LIMIT).await;
-    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
-    for n in ["n1", "n2", "n3"] {
-        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
-    }
-    // The registry kept following heartbeats across the restart.
-    fleet.wait_nodes(3).await;
+    assert_succeeded_once(&fleet, &id, &["n1", "n2", "n3"]).await;
     fleet.stop().await;
 }
 
@@ -195,28 +205,10 @@ async fn a_three_server_cluster_losing_a_server_mid_job_loses_nothing() {
     // Streams and buckets replicated on 3 servers; the controller and the agents know
     // every server. The first server (the one clients try first) goes away mid-job.
     let mut fleet = Fleet::start(Options { agents: 3, cluster: 3, ..Options::default() }).await;
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let plan = format!(
-        r#"name: cluster
-targets: {{all: true}}
-rollout: {{strategy: rolling, batch: 1}}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: wait, action: sleep, with: {{duration: 700ms}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    );
-    let id = fleet.submit(&plan).await;
+    let id = fleet.submit(&append_plan(&fleet, "cluster", "{strategy: rolling, batch: 1}", "700ms")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.server.stop();
-    let v = fleet.wait_final(&id, LIMIT).await;
-    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
-    for n in ["n1", "n2", "n3"] {
-        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
-    }
-    fleet.wait_nodes(3).await;
+    assert_succeeded_once(&fleet, &id, &["n1", "n2", "n3"]).await;
     fleet.stop().await;
 }
 
@@ -233,19 +225,7 @@ async fn a_partitioned_agent_is_unreachable_and_rejoins_without_stale_work() {
     let fleet = Fleet::start(Options { agents: 1, nats_host: Some(ns.host_ip.clone()), ..Options::default() }).await;
     let mut agent = fleet.spawn_agent_process_in("p1", Some(&ns.name));
     fleet.wait_nodes(2).await;
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let plan = format!(
-        r#"name: partition
-targets: {{all: true}}
-rollout: {{max_failures: 1}}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: wait, action: sleep, with: {{duration: 2s}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    );
+    let plan = append_plan(&fleet, "partition", "{max_failures: 1}", "2s");
     let id = fleet.submit(&plan).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     ns.link(false);
