@@ -317,19 +317,12 @@ fn progress_events(
 }
 
 async fn operate(State(s): State<AppState>, Path((id, op)): Path<(String, String)>) -> ApiResult<Response> {
-    let event = match op.as_str() {
-        "cancel" => Event::Cancel,
-        "pause" => Event::Pause,
-        "resume" => Event::Resume,
-        "approve" => Event::Approve,
-        "rollback" => Event::Rollback,
-        other => {
-            return Err(ApiFailure::new(
-                StatusCode::NOT_FOUND,
-                format!("unknown operation \"{other}\": use cancel, pause, resume, approve or rollback"),
-            ));
-        }
-    };
+    let event = Event::operator(&op).ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown operation \"{op}\": use cancel, pause, resume, approve or rollback"),
+        )
+    })?;
     let name = event.name();
     let r = ask(&s, |reply| Input::Operator { job: id.clone(), event, reply }).await?;
     if let Err(Refusal::NotFound(_)) = &r

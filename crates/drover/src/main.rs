@@ -2,7 +2,6 @@
 
 mod cmd;
 mod exit;
-mod output;
 mod plan_input;
 mod signals;
 

@@ -51,6 +51,19 @@ pub enum Event {
 
 impl Event {
     /// The short name used in logs and errors.
+    /// The operator command of this name (case-insensitive): cancel, pause, resume,
+    /// approve or rollback.
+    pub fn operator(name: &str) -> Option<Event> {
+        match name.to_ascii_lowercase().as_str() {
+            "cancel" => Some(Event::Cancel),
+            "pause" => Some(Event::Pause),
+            "resume" => Some(Event::Resume),
+            "approve" => Some(Event::Approve),
+            "rollback" => Some(Event::Rollback),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Event::Start => "start",

@@ -1,9 +1,9 @@
 //! `drover simulate PLAN`: run the real engine on a simulated fleet in virtual time.
 
 use crate::exit::Exit;
-use crate::output::{OutputFormat, print_structured};
 use crate::plan_input::{load_plan, read_plan_text, report_errors};
 use drover_cli::format::{counts_line, describe, node_table, secs};
+use drover_cli::{OutputFormat, print_structured};
 use drover_core::Dur;
 use drover_core::engine::{Event, JobStatus};
 use drover_core::resolve::NodeInfo;
@@ -166,18 +166,8 @@ fn sim_config(args: &SimulateArgs) -> Result<SimConfig, String> {
     for s in &args.operator {
         let (t, cmd) = s.split_once(':').ok_or_else(|| format!("--at {s}: expected TIME:COMMAND, e.g. 30s:cancel"))?;
         let t = Dur::parse(t).map_err(|e| format!("--at {s}: {e}"))?;
-        let e = match cmd.to_ascii_lowercase().as_str() {
-            "cancel" => Event::Cancel,
-            "pause" => Event::Pause,
-            "resume" => Event::Resume,
-            "approve" => Event::Approve,
-            "rollback" => Event::Rollback,
-            other => {
-                return Err(format!(
-                    "--at {s}: unknown command \"{other}\" (cancel, pause, resume, approve, rollback)"
-                ));
-            }
-        };
+        let e = Event::operator(cmd)
+            .ok_or_else(|| format!("--at {s}: unknown command \"{cmd}\" (cancel, pause, resume, approve, rollback)"))?;
         cfg.operator.push((t.as_millis(), e));
     }
     cfg.auto_approve = args.auto_approve;

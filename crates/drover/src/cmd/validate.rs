@@ -1,8 +1,8 @@
 //! `drover validate PLAN`: check a plan without running it.
 
 use crate::exit::Exit;
-use crate::output::{OutputFormat, print_structured};
 use crate::plan_input::{load_plan, read_plan_text, report_errors};
+use drover_cli::{OutputFormat, print_structured};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
