@@ -13,7 +13,7 @@ use drover_bus::{Topology, now_ms};
 use drover_core::api::{ApiError, Health, JobView, NodeDetail, NodeList, StepDetail};
 use drover_core::engine::{Event, JobStatus, Progress, ProgressKind};
 use drover_core::parse::Format;
-use drover_core::wire::StepResult;
+use drover_core::wire::{StepResult, split_lines};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -269,7 +269,8 @@ fn end(status: JobStatus) -> SseEvent {
     SseEvent::default().event("end").data(json!({ "status": status }).to_string())
 }
 
-/// Progress messages as SSE events from `from` on, ending after `job_finished`.
+/// Progress messages (each holding one round's events, one per line) as SSE events from
+/// `from` on, each sequence number once, ending after `job_finished`.
 fn progress_events(
     messages: async_nats::jetstream::consumer::pull::Ordered,
     from: u64,
@@ -277,32 +278,40 @@ fn progress_events(
     status: JobStatus,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     enum St {
-        Run(Box<async_nats::jetstream::consumer::pull::Ordered>),
+        Run(Box<async_nats::jetstream::consumer::pull::Ordered>, u64),
         Done,
     }
-    let start = if end_now { None } else { Some(St::Run(Box::new(messages))) };
+    let start = if end_now { None } else { Some(St::Run(Box::new(messages), from)) };
     let first: Vec<Result<SseEvent, Infallible>> = if end_now { vec![Ok(end(status))] } else { vec![] };
     futures::stream::iter(first).chain(
         futures::stream::unfold(start, move |st| async move {
-            let Some(St::Run(mut m)) = st else { return None };
+            let Some(St::Run(mut m, mut next)) = st else { return None };
             loop {
                 match m.next().await {
                     Some(Ok(msg)) => {
-                        let Ok(p) = serde_json::from_slice::<Progress>(&msg.payload) else { continue };
-                        if p.seq < from {
-                            continue;
+                        let mut out = Vec::new();
+                        for line in split_lines(&msg.payload) {
+                            let Ok(p) = serde_json::from_slice::<Progress>(line) else { continue };
+                            // Before `from`, or a copy (a line written again after a failed ack).
+                            if p.seq < next {
+                                continue;
+                            }
+                            next = p.seq + 1;
+                            let data = String::from_utf8_lossy(line).into_owned();
+                            out.push(Ok(SseEvent::default().id(p.seq.to_string()).event("progress").data(data)));
+                            if p.kind == ProgressKind::JobFinished {
+                                let status = p
+                                    .detail
+                                    .as_deref()
+                                    .and_then(|d| serde_json::from_value(json!(d)).ok())
+                                    .unwrap_or(JobStatus::Failed);
+                                out.push(Ok(end(status)));
+                                return Some((out, Some(St::Done)));
+                            }
                         }
-                        let data = String::from_utf8_lossy(&msg.payload).into_owned();
-                        let ev = SseEvent::default().id(p.seq.to_string()).event("progress").data(data);
-                        if p.kind == ProgressKind::JobFinished {
-                            let status = p
-                                .detail
-                                .as_deref()
-                                .and_then(|d| serde_json::from_value(json!(d)).ok())
-                                .unwrap_or(JobStatus::Failed);
-                            return Some((vec![Ok(ev), Ok(end(status))], Some(St::Done)));
+                        if !out.is_empty() {
+                            return Some((out, Some(St::Run(m, next))));
                         }
-                        return Some((vec![Ok(ev)], Some(St::Run(m))));
                     }
                     Some(Err(e)) => {
                         tracing::warn!("event stream: {e}");

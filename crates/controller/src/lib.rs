@@ -45,6 +45,7 @@ pub struct ControllerHandle {
     server: JoinHandle<()>,
     registry: registry::Registry,
     recovery: runtime::Recovery,
+    metrics: metrics::Metrics,
 }
 
 impl ControllerHandle {
@@ -61,6 +62,11 @@ impl ControllerHandle {
     /// Whether the controller sees this node online now (registered, recent heartbeat).
     pub fn sees_online(&self, node: &str) -> bool {
         self.registry.is_online(node, drover_bus::now_ms())
+    }
+
+    /// Seconds spent inside the rollout engine so far.
+    pub fn engine_seconds(&self) -> f64 {
+        self.metrics.engine_seconds.get()
     }
 
     /// What this controller rebuilt from the journal when it started.
@@ -94,14 +100,15 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     let recovery = rt.recover().await?;
     tasks.push(tokio::spawn(rt.run(rx)));
 
-    // Results: one durable consumer; each result is acked once its effect is journaled.
+    // Results: one durable consumer; results are acknowledged once their effect is
+    // journaled, cumulatively (one ack per round covers every result before it).
     let stream =
         topo.js.get_stream(topo.names.results_stream()).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
     let durable = format!("{}-controller", topo.names.prefix().replace('.', "-"));
     let mut consumer_cfg = async_nats::jetstream::consumer::pull::Config {
         durable_name: Some(durable.clone()),
         filter_subject: topo.names.all_results(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 50_000,
         ..Default::default()
@@ -109,8 +116,9 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     // Results delivered to a controller that died before acknowledging them would only be
     // delivered again after `ack_wait`: start the consumer again from the first result not
     // acknowledged (one controller per prefix; a result taken twice is ignored as a copy).
+    // A consumer made by an older version (explicit acks) is replaced the same way.
     if let Ok(info) = stream.consumer_info(&durable).await
-        && info.num_ack_pending > 0
+        && (info.num_ack_pending > 0 || info.config.ack_policy != consumer_cfg.ack_policy)
     {
         let start_sequence = info.ack_floor.stream_sequence + 1;
         stream.delete_consumer(&durable).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
@@ -145,7 +153,9 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
                 }
                 Err(e) => {
                     tracing::warn!(subject = %m.subject, "dropping a malformed result: {e}");
-                    let _ = m.ack().await;
+                    if results_tx.send(Input::Unusable(Box::new(m))).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -163,7 +173,7 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     }));
 
     let ready = Arc::new(AtomicBool::new(false));
-    let state = api::AppState { tx, registry: registry.clone(), topo, metrics, ready: ready.clone() };
+    let state = api::AppState { tx, registry: registry.clone(), topo, metrics: metrics.clone(), ready: ready.clone() };
     let listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
         .map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
@@ -178,5 +188,5 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     });
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%addr, "controller ready");
-    Ok(ControllerHandle { addr, stop, tasks, server, registry, recovery })
+    Ok(ControllerHandle { addr, stop, tasks, server, registry, recovery, metrics })
 }

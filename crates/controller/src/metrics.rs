@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -24,6 +25,9 @@ pub struct Metrics {
     pub commands: Counter,
     pub results: Counter,
     pub nodes: Gauge,
+    /// Time spent inside the rollout engine (`Job::handle`), to show its share of the
+    /// controller's CPU.
+    pub engine_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -38,6 +42,7 @@ impl Metrics {
             commands: Counter::default(),
             results: Counter::default(),
             nodes: Gauge::default(),
+            engine_seconds: Counter::default(),
         };
         registry.register("jobs_submitted", "Jobs accepted", m.jobs_submitted.clone());
         registry.register("jobs_finished", "Jobs finished, by final status", m.jobs_finished.clone());
@@ -46,6 +51,11 @@ impl Metrics {
         registry.register("commands_sent", "Commands sent to agents", m.commands.clone());
         registry.register("results_received", "Step results consumed", m.results.clone());
         registry.register("nodes_registered", "Nodes in the registry", m.nodes.clone());
+        registry.register(
+            "engine_seconds",
+            "Time spent in the rollout engine deciding (its share of the controller's CPU)",
+            m.engine_seconds.clone(),
+        );
         Metrics { registry: Arc::new(registry), ..m }
     }
 

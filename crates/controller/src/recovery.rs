@@ -11,7 +11,7 @@
 use crate::runtime::JournalEntry;
 use bytes::Bytes;
 use drover_core::engine::{Action, Event, Job, Millis, Progress, ProgressKind, Timer};
-use drover_core::wire::Names;
+use drover_core::wire::{Names, split_lines};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One job, rebuilt.
@@ -48,14 +48,17 @@ pub fn rebuild(names: &Names, lines: Vec<(String, Bytes)>, problems: &mut Proble
     let mut by_job: BTreeMap<String, Vec<JournalEntry>> = BTreeMap::new();
     for (subject, payload) in lines {
         let Some(job) = names.inputs_job(&subject) else { continue };
-        match serde_json::from_slice::<JournalEntry>(&payload) {
-            Ok(entry) => {
-                if !by_job.contains_key(job) {
-                    order.push(job.to_string());
+        // A message holds one round's lines of the job (one per line).
+        for line in split_lines(&payload) {
+            match serde_json::from_slice::<JournalEntry>(line) {
+                Ok(entry) => {
+                    if !by_job.contains_key(job) {
+                        order.push(job.to_string());
+                    }
+                    by_job.entry(job.to_string()).or_default().push(entry);
                 }
-                by_job.entry(job.to_string()).or_default().push(entry);
+                Err(e) => problems.0.push(format!("job {job}: unreadable journal line skipped: {e}")),
             }
-            Err(e) => problems.0.push(format!("job {job}: unreadable journal line skipped: {e}")),
         }
     }
     let mut out = Vec::with_capacity(order.len());

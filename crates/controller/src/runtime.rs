@@ -16,7 +16,7 @@ use drover_core::engine::{
 };
 use drover_core::parse::{Format, PlanError, PlanErrors, parse_plan};
 use drover_core::resolve::JobSpec;
-use drover_core::wire::{Command, CommandId, CommandKind, StepResult};
+use drover_core::wire::{Command, CommandId, CommandKind, MAX_BATCH_BYTES, StepResult, pack_lines, split_lines};
 use drover_core::{Catalog, Plan};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -59,6 +59,9 @@ pub enum Input {
         result: Box<StepResult>,
         msg: Option<Box<jetstream::Message>>,
     },
+    /// A result message that cannot be used (malformed): acknowledged with the round, in
+    /// its place in the order (results are acknowledged cumulatively).
+    Unusable(Box<jetstream::Message>),
     Timer {
         job: String,
         timer: Timer,
@@ -182,6 +185,25 @@ struct Entry {
     inputs: u64,
 }
 
+impl Entry {
+    /// The job's line in listings (without building its per-node report).
+    fn summary(&self) -> JobSummary {
+        let (started_at_ms, finished_at_ms) = self.job.times();
+        JobSummary {
+            id: self.job.spec().job_id.clone(),
+            name: self.job.spec().plan.name.clone(),
+            status: self.job.status(),
+            reason: self.job.reason().map(str::to_string),
+            created_at_ms: self.created_at_ms,
+            started_at_ms,
+            finished_at_ms,
+            total_nodes: self.job.spec().nodes.len(),
+            counts: self.job.counts(),
+            waiting: self.waiting.clone(),
+        }
+    }
+}
+
 /// Work collected during a round, carried out after the journal is durable.
 #[derive(Default)]
 struct Round {
@@ -189,9 +211,21 @@ struct Round {
     commands: Vec<Command>,
     cancels: Vec<CommandId>,
     timers: Vec<(String, Millis, Timer)>,
-    acks: Vec<jetstream::Message>,
+    /// The consumed result with the highest stream sequence: acknowledging it
+    /// acknowledges every result before it (the consumer's ack policy is `all`).
+    ack: Option<(u64, jetstream::Message)>,
     finished: Vec<String>,
     summaries: BTreeSet<String>,
+}
+
+impl Round {
+    /// A result message whose effect this round journals.
+    fn consumed(&mut self, m: jetstream::Message) {
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if self.ack.as_ref().is_none_or(|(s, _)| seq >= *s) {
+            self.ack = Some((seq, m));
+        }
+    }
 }
 
 pub struct Runtime {
@@ -249,7 +283,10 @@ impl Runtime {
                     Err(_) => break,
                 }
             }
+            let t0 = std::time::Instant::now();
+            let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.ack.is_some());
             self.commit(round).await;
+            tracing::debug!(journal = nj, commands = nc, acks = na, took_us = t0.elapsed().as_micros() as u64, "round");
             for r in replies {
                 r(&self);
             }
@@ -369,7 +406,11 @@ impl Runtime {
         let subject = self.topo.names.job_progress(id);
         let stored = match self.topo.js.get_stream(self.topo.names.events_stream()).await {
             Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => serde_json::from_slice::<Progress>(&m.payload).map(|p| p.seq).unwrap_or(0),
+                Ok(m) => split_lines(&m.payload)
+                    .filter_map(|l| serde_json::from_slice::<Progress>(l).ok())
+                    .map(|p| p.seq)
+                    .max()
+                    .unwrap_or(0),
                 Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
                 // Not known: publishing everything again would repeat events to watchers.
                 Err(e) => {
@@ -449,9 +490,10 @@ impl Runtime {
                     let _ = self.apply(&job, event, now, round);
                 }
                 if let Some(m) = msg {
-                    round.acks.push(*m);
+                    round.consumed(*m);
                 }
             }
+            Input::Unusable(m) => round.consumed(*m),
             Input::Timer { job, timer } => {
                 if self.jobs.get(&job).is_some_and(|e| e.stage == Stage::Active) {
                     let _ = self.apply(&job, Event::Timer { timer }, now, round);
@@ -708,7 +750,10 @@ impl Runtime {
     ) -> Result<(), drover_core::engine::Rejected> {
         let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
         let journal = serde_json::to_vec(&JournalEntry::Input { n: entry.inputs + 1, event: event.clone(), now }).ok();
-        let actions = entry.job.handle(event, now)?;
+        let t = std::time::Instant::now();
+        let decided = entry.job.handle(event, now);
+        self.metrics.engine_seconds.inc_by(t.elapsed().as_secs_f64());
+        let actions = decided?;
         entry.inputs += 1;
         if let Some(bytes) = journal {
             round.journal.push((self.topo.names.job_inputs(id), bytes));
@@ -770,8 +815,9 @@ impl Runtime {
     }
 
     fn check_liveness(&mut self, now: u64, round: &mut Round) {
-        if !self.registry.loaded() {
-            // Not read yet is not silent: judge nobody before the buckets are read.
+        if !self.registry.judging(now) {
+            // Not read yet is not silent: judge nobody before the buckets are read and
+            // live heartbeats have had time to arrive.
             return;
         }
         let mut lost = Vec::new();
@@ -847,16 +893,17 @@ impl Runtime {
                 let _ = tx.send(Input::Timer { job, timer }).await;
             });
         }
-        // 4. Results are acknowledged only now that their effect is journaled.
-        for m in round.acks {
-            if let Err(e) = m.ack().await {
-                tracing::warn!("acking a result: {e}");
-            }
+        // 4. Results are acknowledged only now that their effect is journaled: one ack
+        //    for the round, which covers every result before it in the stream.
+        if let Some((_, m)) = round.ack
+            && let Err(e) = m.ack().await
+        {
+            tracing::warn!("acking results: {e}");
         }
         // 5. Job summaries for listing by other processes.
         for id in round.summaries {
-            if let Some(v) = self.view(&id)
-                && let Ok(bytes) = serde_json::to_vec(&JobSummary::of(&v))
+            if let Some(e) = self.jobs.get(&id)
+                && let Ok(bytes) = serde_json::to_vec(&e.summary())
             {
                 let jobs = self.topo.jobs.clone();
                 tokio::spawn(async move {
@@ -900,19 +947,7 @@ impl Runtime {
                 next = out.last().map(|s: &JobSummary| s.id.clone());
                 break;
             }
-            let summary = JobSummary {
-                id: id.clone(),
-                name: e.job.spec().plan.name.clone(),
-                status: st,
-                reason: e.job.reason().map(str::to_string),
-                created_at_ms: e.created_at_ms,
-                started_at_ms: e.job.times().0,
-                finished_at_ms: e.job.times().1,
-                total_nodes: e.job.spec().nodes.len(),
-                counts: e.job.report().counts,
-                waiting: e.waiting.clone(),
-            };
-            out.push(summary);
+            out.push(e.summary());
         }
         JobList { jobs: out, next }
     }
@@ -965,16 +1000,28 @@ fn command(
     }
 }
 
-/// Publish journal lines in order (one connection keeps the order), then wait for every
-/// ack; a line whose ack failed is written again (inputs carry their number, so a line
-/// that landed twice is harmless on replay).
+/// Publish a round's journal and progress lines, packed into one message per subject
+/// (or a few, when a round's lines exceed [`MAX_BATCH_BYTES`]), then wait for every ack;
+/// a message whose ack failed is written again (inputs carry their number and progress
+/// its sequence, so a line that landed twice is harmless on replay and to watchers).
 async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
-    let mut acks = Vec::with_capacity(lines.len());
-    let mut failed = Vec::new();
+    let mut subjects: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (subject, bytes) in lines {
-        match js.publish(subject.clone(), bytes.clone().into()).await {
-            Ok(ack) => acks.push((subject, bytes, ack)),
-            Err(_) => failed.push((subject, bytes)),
+        let i = *index.entry(subject.clone()).or_insert_with(|| {
+            subjects.push((subject, Vec::new()));
+            subjects.len() - 1
+        });
+        subjects[i].1.push(bytes);
+    }
+    let mut acks = Vec::with_capacity(subjects.len());
+    let mut failed = Vec::new();
+    for (subject, lines) in subjects {
+        for bytes in pack_lines(lines, MAX_BATCH_BYTES) {
+            match js.publish(subject.clone(), bytes.clone().into()).await {
+                Ok(ack) => acks.push((subject.clone(), bytes, ack)),
+                Err(_) => failed.push((subject.clone(), bytes)),
+            }
         }
     }
     for (subject, bytes, ack) in acks {

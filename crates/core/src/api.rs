@@ -42,24 +42,6 @@ pub struct JobSummary {
     pub waiting: Option<String>,
 }
 
-impl JobSummary {
-    pub fn of(view: &JobView) -> JobSummary {
-        let r = &view.report;
-        JobSummary {
-            id: r.job_id.clone(),
-            name: r.name.clone(),
-            status: r.status,
-            reason: r.reason.clone(),
-            created_at_ms: view.created_at_ms,
-            started_at_ms: r.started_at_ms,
-            finished_at_ms: r.finished_at_ms,
-            total_nodes: r.total_nodes,
-            counts: r.counts.clone(),
-            waiting: view.waiting.clone(),
-        }
-    }
-}
-
 /// `GET /v1/jobs?status=&limit=&after=`: newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobList {

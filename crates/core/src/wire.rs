@@ -96,7 +96,17 @@ impl Names {
         format!("{}_nodes", self.prefix.replace('.', "_"))
     }
 
-    /// KV bucket: node heartbeats (small, frequent).
+    /// Heartbeats of one node (core NATS publish, every `heartbeat_ms`).
+    pub fn heartbeat(&self, node: &str) -> String {
+        format!("{}.hb.{node}", self.prefix)
+    }
+
+    pub fn all_heartbeats(&self) -> String {
+        format!("{}.hb.*", self.prefix)
+    }
+
+    /// KV bucket: the last stored heartbeat of each node (written every
+    /// [`HEARTBEATS_PER_KV_WRITE`] beats and on every status change).
     pub fn heartbeats_bucket(&self) -> String {
         format!("{}_heartbeats", self.prefix.replace('.', "_"))
     }
@@ -294,7 +304,12 @@ pub struct NodeRecord {
     pub heartbeat_ms: u64,
 }
 
-/// A heartbeat (bucket `heartbeats`), written every `heartbeat_ms`.
+/// An agent publishes every heartbeat on `<prefix>.hb.<node>` (core NATS: cheap, not
+/// stored) and stores every this many, and each change of status, in the `heartbeats`
+/// bucket, where a controller that starts finds the fleet's recent liveness.
+pub const HEARTBEATS_PER_KV_WRITE: u64 = 5;
+
+/// A heartbeat: published every `heartbeat_ms` (see [`HEARTBEATS_PER_KV_WRITE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub node: String,
@@ -316,8 +331,60 @@ pub enum AgentStatus {
     Stopped,
 }
 
+/// The largest message drover packs journal or progress lines into (NATS' default
+/// `max_payload` is 1 MiB; a line longer than this travels alone).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// Pack JSON documents into as few messages as fit [`MAX_BATCH_BYTES`], one document per
+/// line (serde_json never writes a raw newline inside a document), in order.
+///
+/// A job's journal and progress are written this way: one message per job per round
+/// instead of one per line. [`split_lines`] reads both forms (a message written before
+/// batching holds one document and no newline).
+pub fn pack_lines(lines: impl IntoIterator<Item = Vec<u8>>, max: usize) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for line in lines {
+        if !cur.is_empty() && cur.len() + 1 + line.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(b'\n');
+        }
+        cur.extend_from_slice(&line);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The documents of a message written by [`pack_lines`] (empty lines skipped).
+pub fn split_lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    payload.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn packed_lines_split_back_in_order_within_the_size() {
+        let docs: Vec<Vec<u8>> = (0..100).map(|i| format!("{{\"n\":{i},\"s\":\"a\\nb\"}}").into_bytes()).collect();
+        let packed = pack_lines(docs.clone(), 100);
+        assert!(packed.len() > 1);
+        for m in &packed {
+            assert!(m.len() <= 100, "{}", m.len());
+        }
+        let back: Vec<Vec<u8>> = packed.iter().flat_map(|m| split_lines(m).map(<[u8]>::to_vec)).collect();
+        assert_eq!(back, docs);
+        // A document longer than the limit travels alone; an old single-document message
+        // reads as one line.
+        let big = vec![b'x'; 300];
+        assert_eq!(pack_lines(vec![b"a".to_vec(), big.clone(), b"b".to_vec()], 100).len(), 3);
+        assert_eq!(split_lines(b"{\"a\":1}").count(), 1);
+        assert_eq!(split_lines(b"").count(), 0);
+        assert!(pack_lines(Vec::<Vec<u8>>::new(), 100).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -269,6 +269,15 @@ impl Job {
     }
 
     /// One node's state, by index in dispatch order.
+    /// How many nodes have each outcome (cheap: no per-node report is built).
+    pub fn counts(&self) -> BTreeMap<NodeOutcome, usize> {
+        let mut counts = BTreeMap::new();
+        for n in &self.nodes {
+            *counts.entry(n.outcome).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn node_report(&self, n: usize) -> super::report::NodeReport {
         let nr = &self.nodes[n];
         super::report::NodeReport {
