@@ -10,8 +10,8 @@ use drover_actions::{ActionError, ExecContext, ExecResult, ExecStatus, Registry,
 use drover_bus::{BusError, Topology, ensure_topology, now_ms, publish_once};
 use drover_core::engine::AttemptOutcome;
 use drover_core::wire::{
-    ActionOffer, AgentStatus, Command, CommandId, CommandKind, Heartbeat, NodeFacts, NodeRecord, Reply, ReplyStatus,
-    Request, StepResult,
+    ActionOffer, AgentStatus, Command, CommandId, CommandKind, HEARTBEATS_PER_KV_WRITE, Heartbeat, NodeFacts,
+    NodeRecord, Reply, ReplyStatus, Request, StepResult,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -114,7 +114,9 @@ impl Shared {
         m.saturating_sub(PAYLOAD_HEADROOM).max(4096)
     }
 
-    async fn heartbeat(&self, status: AgentStatus) {
+    /// Publish a heartbeat; also store it in the bucket when `store` (every few beats and
+    /// on every change of status).
+    async fn heartbeat(&self, status: AgentStatus, store: bool) {
         let running = {
             let st = self.lock();
             let mut r: Vec<String> = st.running.keys().cloned().collect();
@@ -122,12 +124,15 @@ impl Shared {
             r
         };
         let hb = Heartbeat { node: self.node_id.clone(), status, at_ms: now_ms(), running };
-        let body = match serde_json::to_vec(&hb) {
-            Ok(b) => b,
+        let body: bytes::Bytes = match serde_json::to_vec(&hb) {
+            Ok(b) => b.into(),
             Err(e) => return tracing::error!(error = %e, "cannot encode heartbeat"),
         };
-        if let Err(e) = self.topo.heartbeats.put(&self.node_id, body.into()).await {
-            tracing::warn!(node = %self.node_id, error = %e, "heartbeat not written");
+        if let Err(e) = self.client.publish(self.topo.names.heartbeat(&self.node_id), body.clone()).await {
+            tracing::warn!(node = %self.node_id, error = %e, "heartbeat not published");
+        }
+        if store && let Err(e) = self.topo.heartbeats.put(&self.node_id, body).await {
+            tracing::warn!(node = %self.node_id, error = %e, "heartbeat not stored");
         }
     }
 }
@@ -232,7 +237,7 @@ impl Agent {
             }));
         }
         // Registered and alive when `start` returns.
-        shared.heartbeat(AgentStatus::Online).await;
+        shared.heartbeat(AgentStatus::Online, true).await;
         {
             let s = shared.clone();
             let stop = handle.stop_heartbeat.clone();
@@ -300,7 +305,7 @@ impl AgentHandle {
             st.running.len()
         };
         tracing::info!(node = %s.node_id, running, "agent draining");
-        s.heartbeat(AgentStatus::Draining).await;
+        s.heartbeat(AgentStatus::Draining, true).await;
         s.tracker.close();
         if tokio::time::timeout(s.cfg.drain_timeout, s.tracker.wait()).await.is_err() {
             let tokens: Vec<(String, CancellationToken)> =
@@ -328,7 +333,7 @@ impl AgentHandle {
         if let Some(h) = self.heartbeat.take() {
             let _ = h.await;
         }
-        s.heartbeat(AgentStatus::Stopped).await;
+        s.heartbeat(AgentStatus::Stopped, true).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
         self.kill_now();
         tracing::info!(node = %s.node_id, "agent stopped");
@@ -401,13 +406,16 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
 async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + s.cfg.heartbeat, s.cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut last = AgentStatus::Online;
+    for beat in 1u64.. {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
-        s.heartbeat(status).await;
+        let store = status != last || beat % HEARTBEATS_PER_KV_WRITE == 0;
+        s.heartbeat(status, store).await;
+        last = status;
     }
 }
 

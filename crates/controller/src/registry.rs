@@ -13,16 +13,30 @@ use std::time::Duration;
 struct Seen {
     at_ms: u64,
     status: AgentStatus,
+    /// The beat's own stamp (agent clock).
+    agent_at_ms: u64,
+}
+
+/// A node's registration as kept in memory: its actions (with their JSON Schemas, the bulk
+/// of a registration) are shared by every node that offers the same ones.
+struct Stored {
+    /// The registration without its actions.
+    rec: NodeRecord,
+    actions: Arc<Vec<ActionOffer>>,
 }
 
 #[derive(Default)]
 struct Inner {
-    records: BTreeMap<String, NodeRecord>,
+    records: BTreeMap<String, Stored>,
+    /// The distinct action lists nodes offer (a fleet has a handful).
+    catalogs: Vec<Arc<Vec<ActionOffer>>>,
     seen: BTreeMap<String, Seen>,
     /// The registrations and the heartbeats stored before the watches began have all
     /// been read: until then a node may look silent only because we have not read it yet.
     records_loaded: bool,
     beats_loaded: bool,
+    /// When the stored heartbeats had been read and live ones were being received.
+    loaded_at_ms: Option<u64>,
 }
 
 /// Shared, always-current view of the fleet.
@@ -51,8 +65,37 @@ impl Registry {
         r.records_loaded && r.beats_loaded
     }
 
-    pub fn put_record(&self, r: NodeRecord) {
-        self.write().records.insert(r.id.clone(), r);
+    /// May a node be declared lost for silence now? Only once the buckets are read and
+    /// the live heartbeats have been received for two beats of the slowest agent: the
+    /// bucket holds every few beats only, so a stored one can be a few seconds old.
+    pub fn judging(&self, now_ms: u64) -> bool {
+        let r = self.read();
+        let beat = r.records.values().map(|n| n.rec.heartbeat_ms).max().unwrap_or(1000).min(self.heartbeat_timeout_ms);
+        r.records_loaded && r.loaded_at_ms.is_some_and(|t| now_ms.saturating_sub(t) >= 2 * beat)
+    }
+
+    fn mark_beats_loaded(&self) {
+        let mut w = self.write();
+        if !w.beats_loaded {
+            w.beats_loaded = true;
+            w.loaded_at_ms = Some(drover_bus::now_ms());
+        }
+    }
+
+    pub fn put_record(&self, mut r: NodeRecord) {
+        let offered = std::mem::take(&mut r.actions);
+        let mut w = self.write();
+        let actions = match w.catalogs.iter().find(|c| ***c == offered) {
+            Some(c) => c.clone(),
+            None => {
+                // Forget the lists no node offers any more, then keep this one.
+                w.catalogs.retain(|c| Arc::strong_count(c) > 1);
+                let c = Arc::new(offered);
+                w.catalogs.push(c.clone());
+                c
+            }
+        };
+        w.records.insert(r.id.clone(), Stored { rec: r, actions });
     }
 
     pub fn remove(&self, id: &str) {
@@ -61,8 +104,15 @@ impl Registry {
         w.seen.remove(id);
     }
 
-    pub fn heartbeat(&self, hb: &Heartbeat, at_ms: u64) {
-        self.write().seen.insert(hb.node.clone(), Seen { at_ms, status: hb.status });
+    /// Apply a heartbeat received at `at_ms`. Published beats arrive in order and always
+    /// apply; a stored one (`from_bucket`) only when it is not older than the last applied
+    /// (it may arrive after the same or a later beat published on the subject).
+    pub fn heartbeat(&self, hb: &Heartbeat, at_ms: u64, from_bucket: bool) {
+        let mut w = self.write();
+        if from_bucket && w.seen.get(&hb.node).is_some_and(|s| s.agent_at_ms > hb.at_ms) {
+            return;
+        }
+        w.seen.insert(hb.node.clone(), Seen { at_ms, status: hb.status, agent_at_ms: hb.at_ms });
     }
 
     /// Online: a recent heartbeat saying `online`.
@@ -97,11 +147,11 @@ impl Registry {
         let r = self.read();
         r.records
             .values()
-            .map(|rec| NodeInfo {
-                id: rec.id.clone(),
-                labels: rec.labels.clone(),
-                groups: rec.groups.clone(),
-                online: self.online(r.seen.get(&rec.id), now_ms),
+            .map(|s| NodeInfo {
+                id: s.rec.id.clone(),
+                labels: s.rec.labels.clone(),
+                groups: s.rec.groups.clone(),
+                online: self.online(r.seen.get(&s.rec.id), now_ms),
             })
             .collect()
     }
@@ -109,8 +159,14 @@ impl Registry {
     /// Every action offered by some node, with its schema (the first node's).
     pub fn catalog(&self) -> BTreeMap<String, ActionOffer> {
         let mut out = BTreeMap::new();
-        for r in self.read().records.values() {
-            for a in &r.actions {
+        let mut seen: Vec<*const Vec<ActionOffer>> = Vec::new();
+        for s in self.read().records.values() {
+            // Each shared list once.
+            if seen.contains(&Arc::as_ptr(&s.actions)) {
+                continue;
+            }
+            seen.push(Arc::as_ptr(&s.actions));
+            for a in s.actions.iter() {
                 out.entry(a.name.clone()).or_insert_with(|| a.clone());
             }
         }
@@ -120,8 +176,8 @@ impl Registry {
     /// Number of nodes offering each action.
     pub fn offered_by(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for r in self.read().records.values() {
-            for a in &r.actions {
+        for s in self.read().records.values() {
+            for a in s.actions.iter() {
                 *out.entry(a.name.clone()).or_insert(0) += 1;
             }
         }
@@ -129,16 +185,17 @@ impl Registry {
     }
 
     pub fn offers(&self, node: &str, action: &str) -> bool {
-        self.read().records.get(node).is_some_and(|r| r.actions.iter().any(|a| a.name == action))
+        self.read().records.get(node).is_some_and(|s| s.actions.iter().any(|a| a.name == action))
     }
 
     pub fn record(&self, id: &str) -> Option<NodeRecord> {
-        self.read().records.get(id).cloned()
+        self.read().records.get(id).map(|s| NodeRecord { actions: s.actions.to_vec(), ..s.rec.clone() })
     }
 
     pub fn view(&self, id: &str, now_ms: u64, busy_with: Option<String>) -> Option<NodeView> {
         let r = self.read();
-        let rec = r.records.get(id)?;
+        let stored = r.records.get(id)?;
+        let rec = &stored.rec;
         let seen = r.seen.get(id);
         Some(NodeView {
             id: rec.id.clone(),
@@ -149,7 +206,7 @@ impl Registry {
             status: seen.map(|s| s.status).unwrap_or(AgentStatus::Stopped),
             last_seen_ago_ms: seen.map(|s| now_ms.saturating_sub(s.at_ms)),
             busy_with,
-            actions: rec.actions.iter().map(|a| a.name.clone()).collect(),
+            actions: stored.actions.iter().map(|a| a.name.clone()).collect(),
         })
     }
 
@@ -211,26 +268,90 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                 }
             };
             if bucket_is_empty(&store).await {
-                registry.write().beats_loaded = true;
+                registry.mark_beats_loaded();
             }
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
                 if entry.delta == 0 {
-                    registry.write().beats_loaded = true;
+                    registry.mark_beats_loaded();
                 }
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&entry.value) {
                     // Live updates count from when we got them; history from the agent's
                     // own stamp (never in the future).
                     let now = drover_bus::now_ms();
                     let at = if entry.seen_current { now } else { hb.at_ms.min(now) };
-                    registry.heartbeat(&hb, at);
+                    registry.heartbeat(&hb, at, true);
                 }
             }
         }
     };
-    tokio::join!(nodes, beats);
+    // Every beat is published on a subject; the bucket holds every few of them.
+    let live = {
+        let registry = registry.clone();
+        let client = topo.js.client();
+        let subject = topo.names.all_heartbeats();
+        async move {
+            let mut sub = match client.subscribe(subject).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot subscribe to heartbeats: {e}");
+                    return;
+                }
+            };
+            while let Some(m) = sub.next().await {
+                if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&m.payload) {
+                    registry.heartbeat(&hb, drover_bus::now_ms(), false);
+                }
+            }
+        }
+    };
+    tokio::join!(nodes, beats, live);
 }
 
 async fn bucket_is_empty(store: &async_nats::jetstream::kv::Store) -> bool {
     store.status().await.is_ok_and(|s| s.values() == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_core::wire::NodeFacts;
+
+    fn record(id: &str, actions: &[&str]) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            labels: BTreeMap::new(),
+            groups: vec![],
+            facts: NodeFacts::default(),
+            actions: actions
+                .iter()
+                .map(|a| ActionOffer {
+                    name: a.to_string(),
+                    description: String::new(),
+                    params_schema: serde_json::json!({ "type": "object", "title": a }),
+                    dry_run: false,
+                    undo: false,
+                })
+                .collect(),
+            heartbeat_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn nodes_offering_the_same_actions_share_one_copy() {
+        let reg = Registry::new(Duration::from_secs(10));
+        for i in 0..100 {
+            reg.put_record(record(&format!("n{i}"), &["echo", "shell"]));
+        }
+        reg.put_record(record("odd", &["echo"]));
+        assert_eq!(reg.read().catalogs.len(), 2);
+        assert_eq!(reg.record("n7"), Some(record("n7", &["echo", "shell"])));
+        assert!(reg.offers("n7", "shell") && !reg.offers("odd", "shell"));
+        assert_eq!(reg.offered_by().get("shell"), Some(&100));
+        assert_eq!(reg.catalog().len(), 2);
+        // A list no node offers any more is dropped when another one arrives.
+        reg.put_record(record("odd", &["echo", "shell"]));
+        reg.put_record(record("other", &["sleep"]));
+        assert_eq!(reg.read().catalogs.len(), 2);
+    }
 }
