@@ -26,6 +26,9 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Measure drover against the NATS floor on a local fleet it starts itself.
     Bench(cmd::bench::BenchArgs),
+    /// Agents for `drover bench` (internal).
+    #[command(hide = true, name = "bench-agents")]
+    BenchAgents(cmd::bench::BenchAgentsArgs),
     /// Run a controller (REST API, job engine) against an existing NATS.
     Controller(cmd::controller::ControllerArgs),
     /// Start a whole local fleet: nats-server, controller and N agents.
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Actions(args) => cmd::actions::run(args),
         Command::Agent(args) => cmd::agent::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::BenchAgents(args) => cmd::bench::run_agents(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Run(args) => cmd::run::run(args),

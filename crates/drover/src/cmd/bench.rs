@@ -1,8 +1,11 @@
 //! `drover bench`: drover against the NATS floor, on a fleet it starts itself.
 //!
-//! One managed `nats-server`, a controller and N agents in this process (each agent with
-//! its own NATS connection and journal, as real agents have), driven through the REST
-//! API like any client. Workloads:
+//! One managed `nats-server`, a controller in this process and N agents running the real
+//! agent code in child processes of up to 2,000 agents each (each agent with its own NATS
+//! connection and journal, as real agents have), driven through the REST API like any
+//! client. The controller's CPU and memory are this process's; the agents' are measured
+//! apart, and one real idle `drover agent` process gives the agent's own footprint.
+//! Workloads:
 //! - `w1`: one `echo` step on N nodes at once (N from `--nodes`): submit to finish, and
 //!   per node the time from the job's start to its result being applied (p50, p99), from
 //!   the job's progress events;
@@ -15,7 +18,6 @@
 //!
 //! Each figure is the median of `--runs` runs, with min and max.
 
-use crate::cmd::dev::{DevArgs, DevFleet};
 use crate::exit::Exit;
 use drover_cli::client::{Client, PlanText};
 use drover_core::api::JobView;
@@ -36,6 +38,12 @@ pub struct BenchArgs {
     /// Workloads to run, comma-separated: w1, floor, w2, w3.
     #[arg(long, value_delimiter = ',', default_value = "floor,w1,w2,w3")]
     pub workloads: Vec<String>,
+    /// Where the agents keep their journals. By default a temporary directory on
+    /// `/dev/shm` (tmpfs) when there is one: on a real fleet every agent fsyncs to its own
+    /// disk, while here a thousand agents would queue on one. Pass a directory on disk to
+    /// measure that instead. The NATS store stays on disk either way.
+    #[arg(long)]
+    pub agent_dir: Option<std::path::PathBuf>,
     /// Output format: table or json.
     #[arg(short = 'o', long, default_value = "table")]
     pub output: String,
@@ -62,14 +70,22 @@ struct Figure {
     #[serde(skip_serializing_if = "Option::is_none")]
     node_p99_ms: Option<f64>,
     note: String,
+    /// What the workload cost (all its runs); not for the floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<WorkloadCost>,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     figures: Vec<Figure>,
-    /// This process (controller + agents + bench driver): CPU seconds and peak RSS.
+    /// This process (controller + bench driver; the agents run in child processes): CPU
+    /// seconds and peak RSS over the whole bench.
     process_cpu_s: f64,
     process_peak_rss_mb: f64,
+    /// Resident memory of one idle `drover agent` process.
+    agent_idle_rss_mb: Option<f64>,
+    /// Where the agents' journals were.
+    agent_journals: String,
 }
 
 /// The largest fleet `drover bench` starts (all in this process).
@@ -115,6 +131,17 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         fleet_size = fleet_size.max(20);
     }
     let dir = tempfile::tempdir()?;
+    let shm = std::path::Path::new("/dev/shm");
+    let agents_tmp = match &args.agent_dir {
+        Some(_) => None,
+        None if shm.is_dir() => Some(tempfile::tempdir_in(shm)?),
+        None => None,
+    };
+    let agents_dir = args
+        .agent_dir
+        .clone()
+        .or_else(|| agents_tmp.as_ref().map(|t| t.path().to_path_buf()))
+        .unwrap_or_else(|| dir.path().join("agents"));
     let mut figures = Vec::new();
     if has("floor") {
         let nats = drover_bus::server::ManagedServer::start(&dir.path().join("floor-nats"))?;
@@ -130,35 +157,282 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
             ));
         }
     }
+    let mut agent_idle_rss_mb = None;
     if fleet_size > 0 {
         eprintln!("starting nats-server, a controller and {fleet_size} agents...");
-        let dev = DevArgs {
-            agents: fleet_size,
+        let nats = drover_bus::server::ManagedServer::start(&dir.path().join("nats"))?;
+        let cfg = drover_controller::ControllerConfig {
             api_addr: "127.0.0.1:0".parse()?,
-            data_dir: dir.path().join("fleet"),
-            nats_url: None,
-            allow_shell: false,
+            ..drover_controller::ControllerConfig::default()
         };
-        let fleet = DevFleet::start(&dev).await?;
-        let client = Client::new(&fleet.controller.url())?;
-        let js = async_nats::jetstream::new(drover_bus::connect(&fleet.nats_url, "drover-bench").await?);
+        let controller =
+            drover_controller::start(cfg, drover_bus::connect(nats.url(), "drover-controller").await?).await?;
         let out = dir.path().join("out");
+        std::fs::create_dir_all(&out)?;
+        let hosts = AgentHosts::start(nats.url(), fleet_size, &agents_dir, &out)?;
+        let ids = nodes(fleet_size);
+        let limit = Duration::from_secs(60 + fleet_size as u64 / 50);
+        wait_online(&controller, &ids, limit).await?;
+        eprintln!("{fleet_size} agents online in {} processes", hosts.children.len());
+        agent_idle_rss_mb = idle_agent_rss(nats.url(), &controller, dir.path()).await?;
+        let client = Client::new(&controller.url())?;
+        let js = async_nats::jetstream::new(drover_bus::connect(nats.url(), "drover-bench").await?);
+        let cost = Cost { controller: &controller, hosts: &hosts, nats_pid: nats.pid() };
         if has("w1") {
             for &n in &args.nodes {
                 let floor_ms = figures.iter().find(|f| f.workload == "floor" && f.nodes == n).map(|f| f.median_ms);
-                figures.push(w1(&client, &js, n, args.runs, floor_ms).await?);
+                let start = cost.now();
+                let mut f = w1(&client, &js, n, args.runs, floor_ms).await?;
+                f.cost = Some(cost.since(start));
+                figures.push(f);
             }
         }
         if has("w2") {
-            figures.push(w2(&client, &out, args.runs).await?);
+            let start = cost.now();
+            let mut f = w2(&client, &out, args.runs).await?;
+            f.cost = Some(cost.since(start));
+            figures.push(f);
         }
         if has("w3") {
-            figures.push(w3(&client, &out, args.runs).await?);
+            let start = cost.now();
+            let mut f = w3(&client, &out, args.runs).await?;
+            f.cost = Some(cost.since(start));
+            figures.push(f);
         }
-        fleet.stop().await;
+        hosts.stop();
+        controller.shutdown().await;
     }
     let (cpu, rss) = process_cost();
-    Ok(Report { figures, process_cpu_s: cpu, process_peak_rss_mb: rss })
+    Ok(Report {
+        figures,
+        process_cpu_s: cpu,
+        process_peak_rss_mb: rss,
+        agent_idle_rss_mb,
+        agent_journals: agents_dir.display().to_string(),
+    })
+}
+
+/// Agents per `drover bench-agents` process (each agent holds three files open).
+const AGENTS_PER_PROCESS: usize = 2_000;
+
+/// The fleet's agents, in child processes of `AGENTS_PER_PROCESS` each: the controller
+/// (in this process) is measured alone, and no process needs more open files than a
+/// default limit allows.
+struct AgentHosts {
+    children: Vec<std::process::Child>,
+}
+
+impl AgentHosts {
+    fn start(nats_url: &str, n: usize, agents_dir: &Path, files_dir: &Path) -> anyhow::Result<AgentHosts> {
+        let exe = std::env::current_exe()?;
+        let mut hosts = AgentHosts { children: Vec::new() };
+        let mut first = 1;
+        while first <= n {
+            let last = (first + AGENTS_PER_PROCESS - 1).min(n);
+            let child = std::process::Command::new(&exe)
+                .arg("bench-agents")
+                .args(["--nats-url", nats_url, "--first", &first.to_string(), "--last", &last.to_string()])
+                .arg("--agent-dir")
+                .arg(agents_dir)
+                .arg("--files-dir")
+                .arg(files_dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            hosts.children.push(child);
+            first = last + 1;
+        }
+        Ok(hosts)
+    }
+
+    /// CPU seconds (user + system) of the agent processes so far.
+    fn cpu_s(&self) -> f64 {
+        self.children.iter().map(|c| proc_cpu_s(c.id())).sum()
+    }
+
+    /// Drain: SIGTERM, then wait (killed after 30 s).
+    fn stop(mut self) {
+        for c in &self.children {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for c in &mut self.children {
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for AgentHosts {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn wait_online(
+    controller: &drover_controller::ControllerHandle,
+    ids: &[String],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ids.iter().all(|id| controller.sees_online(id)) {
+        if Instant::now() > deadline {
+            let missing = ids.iter().filter(|id| !controller.sees_online(id)).count();
+            anyhow::bail!("{missing} agents not online within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The resident memory of one real `drover agent` process, idle (registered, heartbeating)
+/// for 3 s.
+async fn idle_agent_rss(
+    nats_url: &str,
+    controller: &drover_controller::ControllerHandle,
+    dir: &Path,
+) -> anyhow::Result<Option<f64>> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["agent", "--nats-url", nats_url, "--node-id", "bench-idle", "--data-dir"])
+        .arg(dir.join("idle-agent"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let seen = wait_online(controller, &["bench-idle".to_string()], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = proc_status_kb(child.id(), "VmRSS:").map(|kb| kb / 1024.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    seen?;
+    Ok(rss)
+}
+
+/// CPU and memory of the controller (this process) and the agents during one workload.
+struct Cost<'a> {
+    controller: &'a drover_controller::ControllerHandle,
+    hosts: &'a AgentHosts,
+    nats_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CostMark {
+    cpu_s: f64,
+    agents_cpu_s: f64,
+    nats_cpu_s: f64,
+    engine_s: f64,
+}
+
+/// What one workload cost (every run of it).
+#[derive(Debug, Clone, Serialize)]
+struct WorkloadCost {
+    /// CPU seconds of the bench process: the controller, plus the driver's HTTP polling.
+    controller_cpu_s: f64,
+    /// Its peak resident memory during the workload.
+    controller_peak_rss_mb: f64,
+    /// CPU seconds inside the rollout engine, and their share of the controller's.
+    engine_cpu_s: f64,
+    engine_share: f64,
+    /// CPU seconds of the agent processes.
+    agents_cpu_s: f64,
+    /// CPU seconds of the nats-server.
+    nats_cpu_s: f64,
+}
+
+impl Cost<'_> {
+    /// Start measuring (resets this process's peak RSS where the kernel allows).
+    fn now(&self) -> CostMark {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        CostMark {
+            cpu_s: process_cost().0,
+            agents_cpu_s: self.hosts.cpu_s(),
+            nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0),
+            engine_s: self.controller.engine_seconds(),
+        }
+    }
+
+    fn since(&self, m: CostMark) -> WorkloadCost {
+        let cpu = process_cost().0 - m.cpu_s;
+        let engine = self.controller.engine_seconds() - m.engine_s;
+        WorkloadCost {
+            controller_cpu_s: cpu,
+            controller_peak_rss_mb: proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0.0) / 1024.0,
+            engine_cpu_s: engine,
+            engine_share: if cpu > 0.0 { engine / cpu } else { 0.0 },
+            agents_cpu_s: self.hosts.cpu_s() - m.agents_cpu_s,
+            nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0) - m.nats_cpu_s,
+        }
+    }
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn proc_status_kb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU seconds of a process (its own threads), from `/proc/<pid>/stat`.
+fn proc_cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no precondition.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    if hz <= 0.0 { 0.0 } else { (ticks(11) + ticks(12)) / hz }
+}
+
+/// `drover bench-agents` (hidden): run agents `local-FIRST..=local-LAST` in this process
+/// for `drover bench` until SIGTERM, then drain them.
+#[derive(Debug, clap::Args)]
+pub struct BenchAgentsArgs {
+    #[arg(long)]
+    pub nats_url: String,
+    #[arg(long)]
+    pub first: usize,
+    #[arg(long)]
+    pub last: usize,
+    #[arg(long)]
+    pub agent_dir: std::path::PathBuf,
+    /// Where `file.*` steps may write.
+    #[arg(long)]
+    pub files_dir: std::path::PathBuf,
+}
+
+pub fn run_agents(args: BenchAgentsArgs) -> Exit {
+    if args.first == 0 || args.last < args.first {
+        eprintln!("error: --first must be at least 1 and --last at least --first");
+        return Exit::Invalid;
+    }
+    super::block_on_runtime(async move {
+        let agents = match crate::cmd::dev::start_agents(
+            &args.nats_url,
+            args.first..=args.last,
+            &args.agent_dir,
+            &args.files_dir,
+            false,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Exit::Error;
+            }
+        };
+        crate::signals::wait_for_stop().await;
+        let drains: Vec<_> = agents.into_iter().map(|a| a.shutdown()).collect();
+        let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(drains)).await;
+        Exit::Success
+    })
 }
 
 fn figure(
@@ -184,6 +458,7 @@ fn figure(
         node_p50_ms: lat.map(|l| l.0),
         node_p99_ms: lat.map(|l| l.1),
         note: note.to_string(),
+        cost: None,
     }
 }
 
@@ -280,8 +555,9 @@ async fn w1(
         let events = drover_bus::read_all(js, &names.events_stream(), &names.job_progress(&v.report.job_id)).await?;
         let mut started: BTreeMap<String, u64> = BTreeMap::new();
         let mut lat = Vec::new();
-        for (_, bytes) in events {
-            let Ok(p) = serde_json::from_slice::<Progress>(&bytes) else { continue };
+        let lines = events.iter().flat_map(|(_, bytes)| drover_core::wire::split_lines(bytes));
+        for line in lines {
+            let Ok(p) = serde_json::from_slice::<Progress>(line) else { continue };
             match (p.kind, p.node) {
                 (ProgressKind::StepStarted, Some(node)) => {
                     started.insert(node, p.at_ms);
@@ -394,12 +670,27 @@ fn print(r: &Report, output: &str) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.1}{unit}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9}  note",
-        "WORK", "NODES", "RUNS", "MEDIAN", "MIN", "MAX", "FLOOR", "RATIO", "NODE p50", "NODE p99"
+        "{:<6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  note",
+        "WORK",
+        "NODES",
+        "RUNS",
+        "MEDIAN",
+        "MIN",
+        "MAX",
+        "FLOOR",
+        "RATIO",
+        "NODE p50",
+        "NODE p99",
+        "CTRL CPU",
+        "ENGINE",
+        "CTRL RSS",
+        "AGENTS CPU",
+        "NATS CPU"
     );
     for f in &r.figures {
+        let c = f.cost.as_ref();
         println!(
-            "{:<6} {:>6} {:>4} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10} {:>7} {:>9} {:>9}  {}",
+            "{:<6} {:>6} {:>4} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  {}",
             f.workload,
             f.nodes,
             f.runs,
@@ -410,11 +701,19 @@ fn print(r: &Report, output: &str) {
             opt(f.ratio, "x"),
             opt(f.node_p50_ms, "ms"),
             opt(f.node_p99_ms, "ms"),
+            opt(c.map(|c| c.controller_cpu_s), "s"),
+            c.map(|c| format!("{:.1}%", c.engine_share * 100.0)).unwrap_or_else(|| "-".into()),
+            opt(c.map(|c| c.controller_peak_rss_mb), "MB"),
+            opt(c.map(|c| c.agents_cpu_s), "s"),
+            opt(c.map(|c| c.nats_cpu_s), "s"),
             f.note
         );
     }
     println!(
-        "process (controller + agents + driver): {:.1} CPU s, peak RSS {:.0} MB",
-        r.process_cpu_s, r.process_peak_rss_mb
+        "controller process (+ driver), whole bench: {:.1} CPU s, peak RSS {:.0} MB; idle `drover agent` process: {} RSS; agent journals in {}",
+        r.process_cpu_s,
+        r.process_peak_rss_mb,
+        opt(r.agent_idle_rss_mb, " MB"),
+        r.agent_journals
     );
 }

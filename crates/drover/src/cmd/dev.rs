@@ -4,6 +4,7 @@
 use crate::exit::Exit;
 use drover_bus::server::ManagedServer;
 use drover_controller::ControllerConfig;
+use futures::StreamExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +26,47 @@ pub struct DevArgs {
     /// Let the agents run `shell` steps (off by default, as on real agents).
     #[arg(long)]
     pub allow_shell: bool,
+    /// Where the agents keep their journals (default: `<data-dir>/agents`). `drover
+    /// bench` sets it.
+    #[arg(skip)]
+    pub agents_dir: Option<PathBuf>,
+}
+
+/// Agents [`start_agents`] starts concurrently.
+const AGENTS_STARTING_AT_ONCE: usize = 16;
+
+/// Start in-process agents `local-<i>` for `i` in `ids` (labels from `demo_labels`), each
+/// with its own NATS connection and journal under `agents_dir`; `file.*` may touch the
+/// temp dir and `files_dir` only. Returns once every agent is registered.
+pub async fn start_agents(
+    nats_url: &str,
+    ids: std::ops::RangeInclusive<usize>,
+    agents_dir: &std::path::Path,
+    files_dir: &std::path::Path,
+    allow_shell: bool,
+) -> anyhow::Result<Vec<drover_agent::AgentHandle>> {
+    use anyhow::Context;
+    let starts = ids.map(|i| {
+        let id = format!("local-{i}");
+        let mut cfg = drover_agent::AgentConfig::new(&id, agents_dir.join(&id));
+        cfg.labels = drover_core::resolve::demo_labels(i);
+        let mut policy = drover_actions::Policy::default();
+        if allow_shell {
+            policy.allow.push("shell".into());
+        }
+        policy.paths = vec![std::env::temp_dir(), files_dir.to_path_buf()];
+        cfg.policy = policy;
+        async move {
+            let client = drover_bus::connect(nats_url, &format!("drover-agent-{id}")).await?;
+            drover_agent::Agent::start(cfg, client).await.with_context(|| format!("starting agent {id}"))
+        }
+    });
+    let mut agents = Vec::new();
+    let mut started = futures::stream::iter(starts).buffered(AGENTS_STARTING_AT_ONCE);
+    while let Some(a) = started.next().await {
+        agents.push(a?);
+    }
+    Ok(agents)
 }
 
 /// A running local fleet.
@@ -56,21 +98,8 @@ impl DevFleet {
         let client = drover_bus::connect(&nats_url, "drover-dev-controller").await?;
         let cfg = ControllerConfig { api_addr: args.api_addr, ..ControllerConfig::default() };
         let controller = drover_controller::start(cfg, client).await?;
-        let mut agents = Vec::with_capacity(args.agents);
-        for i in 1..=args.agents {
-            let id = format!("local-{i}");
-            let client = drover_bus::connect(&nats_url, &format!("drover-agent-{id}")).await?;
-            let mut cfg = drover_agent::AgentConfig::new(&id, data_dir.join("agents").join(&id));
-            cfg.labels = drover_core::resolve::demo_labels(i);
-            let mut policy = drover_actions::Policy::default();
-            if args.allow_shell {
-                policy.allow.push("shell".into());
-            }
-            // file.* may touch the temp dir and the fleet's own data dir only.
-            policy.paths = vec![std::env::temp_dir(), data_dir.clone()];
-            cfg.policy = policy;
-            agents.push(drover_agent::Agent::start(cfg, client).await.with_context(|| format!("starting agent {id}"))?);
-        }
+        let agents_dir = args.agents_dir.clone().unwrap_or_else(|| data_dir.join("agents"));
+        let agents = start_agents(&nats_url, 1..=args.agents, &agents_dir, &data_dir, args.allow_shell).await?;
         // Ready means targetable: the controller has seen every agent's registration and
         // heartbeat, so a plan submitted right after this sees the whole fleet.
         let ids: Vec<String> = (1..=args.agents).map(|i| format!("local-{i}")).collect();
