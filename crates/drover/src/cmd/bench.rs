@@ -529,6 +529,22 @@ async fn run_job(client: &Client, plan: serde_json::Value, limit: Duration) -> a
     }
 }
 
+/// Why a job did not succeed: its reason and its first failed nodes with their errors.
+fn why(v: &JobView) -> String {
+    let failed: Vec<String> = v
+        .report
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.failure.is_some() || matches!(n.outcome, NodeOutcome::Failed | NodeOutcome::Unreachable))
+        .take(3)
+        .map(|(id, n)| {
+            let errors: Vec<&str> = n.steps.iter().filter_map(|s| s.error.as_deref()).collect();
+            format!("{id} {:?}: {}", n.failure.unwrap_or(n.outcome), errors.join("; "))
+        })
+        .collect();
+    format!(": {}; {}", v.report.reason.as_deref().unwrap_or("no reason given"), failed.join(" | "))
+}
+
 /// Submit-to-finish on the controller's clock.
 fn job_ms(v: &JobView) -> f64 {
     v.report.finished_at_ms.unwrap_or(v.created_at_ms).saturating_sub(v.created_at_ms) as f64
@@ -550,7 +566,7 @@ async fn w1(
     let (mut times, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let v = run_job(client, plan.clone(), Duration::from_secs(300)).await?;
-        anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w1 job ended {}", v.report.status);
+        anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w1 job ended {}{}", v.report.status, why(&v));
         times.push(job_ms(&v));
         let events = drover_bus::read_all(js, &names.events_stream(), &names.job_progress(&v.report.job_id)).await?;
         let mut started: BTreeMap<String, u64> = BTreeMap::new();
@@ -600,7 +616,7 @@ async fn w2(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> 
     let mut times = Vec::new();
     for _ in 0..runs {
         let v = run_job(client, plan.clone(), Duration::from_secs(300)).await?;
-        anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w2 job ended {}", v.report.status);
+        anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w2 job ended {}{}", v.report.status, why(&v));
         times.push(job_ms(&v));
     }
     Ok(figure("w2", 100, &times, Some(1000.0), None, "3 steps, lockstep batches of 10; floor = 10 x 100 ms sleeps"))
