@@ -10,7 +10,7 @@ use drover_actions::{ActionError, ExecContext, ExecResult, ExecStatus, Registry,
 use drover_bus::{BusError, Topology, ensure_topology, now_ms, publish_once};
 use drover_core::engine::AttemptOutcome;
 use drover_core::wire::{
-    ActionOffer, AgentStatus, Command, CommandId, CommandKind, HEARTBEATS_PER_KV_WRITE, Heartbeat, NodeFacts,
+    ActionOffer, AgentStatus, Command, CommandId, CommandKind, HEARTBEAT_STORE_EVERY_MS, Heartbeat, NodeFacts,
     NodeRecord, Reply, ReplyStatus, Request, StepResult,
 };
 use futures::StreamExt;
@@ -218,7 +218,7 @@ impl Agent {
         for result in pending {
             let s = shared.clone();
             tracing::info!(key = %result.id, outcome = ?result.outcome, "publishing a result left from the previous run");
-            shared.spawn(async move { publish_and_mark(&s, &result).await });
+            shared.spawn(async move { publish_and_mark(&s, &result, Delivery::Publish).await });
         }
         let subject = shared.cfg.names.command(&node_id);
         let sub = client
@@ -406,15 +406,22 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
 async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + s.cfg.heartbeat, s.cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The start stored one.
     let mut last = AgentStatus::Online;
-    for beat in 1u64.. {
+    let mut stored = Instant::now();
+    let store_every = Duration::from_millis(HEARTBEAT_STORE_EVERY_MS);
+    loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
-        let store = status != last || beat % HEARTBEATS_PER_KV_WRITE == 0;
+        // A beat is due about every interval: store this one if the next would be late.
+        let store = status != last || stored.elapsed() + s.cfg.heartbeat > store_every;
         s.heartbeat(status, store).await;
+        if store {
+            stored = Instant::now();
+        }
         last = status;
     }
 }
@@ -435,8 +442,12 @@ async fn serve(s: Arc<Shared>, mut sub: async_nats::Subscriber, stop: Cancellati
 }
 
 async fn reply(s: &Shared, msg: &async_nats::Message, status: ReplyStatus, reason: Option<String>) {
+    send_reply(s, msg, Reply { status, reason, result: None }).await
+}
+
+async fn send_reply(s: &Shared, msg: &async_nats::Message, r: Reply) {
     let Some(to) = msg.reply.clone() else { return };
-    let body = match serde_json::to_vec(&Reply { status, reason }) {
+    let body = match serde_json::to_vec(&r) {
         Ok(b) => b,
         Err(e) => return tracing::error!(error = %e, "cannot encode reply"),
     };
@@ -506,20 +517,38 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                     tracing::warn!(key = %key, reason = %reason, "command rejected");
                     reply(&s, &msg, ReplyStatus::Rejected, Some(reason)).await;
                     if let Some(r) = result {
-                        publish_and_mark(&s, &r).await;
+                        publish_and_mark(&s, &r, Delivery::Publish).await;
                     }
                 }
                 Decision::Duplicate(result) => {
                     tracing::info!(key = %key, finished = result.is_some(), "duplicate command: not run again");
-                    reply(&s, &msg, ReplyStatus::Duplicate, None).await;
+                    // The recorded result goes back with the answer when it fits.
+                    let attached = result.as_ref().filter(|r| fits_in_reply(&s, r)).map(|r| Box::new(r.clone()));
+                    send_reply(&s, &msg, Reply { status: ReplyStatus::Duplicate, reason: None, result: attached })
+                        .await;
                     if let Some(r) = result {
-                        publish_and_mark(&s, &r).await;
+                        publish_and_mark(&s, &r, Delivery::Publish).await;
                     }
                 }
                 Decision::Accepted(cmd, token) => {
                     tracing::info!(key = %key, action = %cmd.action, step = %cmd.step_name, "command accepted");
-                    reply(&s, &msg, ReplyStatus::Accepted, None).await;
-                    let result = execute(&s, &cmd, token).await;
+                    let run = execute(&s, &cmd, token);
+                    tokio::pin!(run);
+                    // A quick command is answered with its result (one round trip); a
+                    // longer one is acknowledged now and its result published at its end.
+                    let quick = if s.cfg.result_in_reply.is_zero() {
+                        None
+                    } else {
+                        tokio::time::timeout(s.cfg.result_in_reply, &mut run).await.ok()
+                    };
+                    let answered = quick.is_some();
+                    if !answered {
+                        reply(&s, &msg, ReplyStatus::Accepted, None).await;
+                    }
+                    let result = match quick {
+                        Some(r) => r,
+                        None => run.await,
+                    };
                     tracing::info!(
                         key = %key,
                         outcome = ?result.outcome,
@@ -535,12 +564,30 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                             st.journal.as_mut().map(|j| j.finish(r))
                         })
                         .await;
-                    match journaled {
+                    let durable = match journaled {
                         None => return, // killed meanwhile
-                        Some(Err(e)) => tracing::error!(key = %key, error = %e, "cannot journal the result"),
-                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::error!(key = %key, error = %e, "cannot journal the result");
+                            false
+                        }
+                        Some(Ok(())) => true,
+                    };
+                    if answered {
+                        // Only a journaled result may be handed over: a re-sent command is
+                        // answered from the journal, never run again.
+                        if durable && fits_in_reply(&s, &result) {
+                            let done = Reply {
+                                status: ReplyStatus::Done,
+                                reason: None,
+                                result: Some(Box::new(result.clone())),
+                            };
+                            send_reply(&s, &msg, done).await;
+                            publish_and_mark(&s, &result, Delivery::Record).await;
+                            return;
+                        }
+                        reply(&s, &msg, ReplyStatus::Accepted, None).await;
                     }
-                    publish_and_mark(&s, &result).await;
+                    publish_and_mark(&s, &result, Delivery::Publish).await;
                 }
             }
         }
@@ -757,11 +804,29 @@ fn cut_str(s: &str, max: usize) -> &str {
     &s[..i]
 }
 
+/// Where a result goes in the results stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// On `result.<job>.<node>`, which the controller consumes.
+    Publish,
+    /// On `result.<job>.<node>.record`: the controller has it from the reply already.
+    Record,
+}
+
+/// Whether a result travels in a reply: well under the message size limit, so that a
+/// large one takes the published path (with the object store).
+fn fits_in_reply(s: &Shared, r: &StepResult) -> bool {
+    serde_json::to_vec(r).is_ok_and(|b| b.len() <= s.max_payload() / 2)
+}
+
 /// Publish a result to the results stream (retrying with backoff until acknowledged or
 /// given up), then mark it published in the journal.
-async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
+async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult, delivery: Delivery) {
     let key = result.id.key();
-    let subject = s.cfg.names.result(&result.id.job, &result.id.node);
+    let subject = match delivery {
+        Delivery::Publish => s.cfg.names.result(&result.id.job, &result.id.node),
+        Delivery::Record => s.cfg.names.result_record(&result.id.job, &result.id.node),
+    };
     let limit = s.max_payload();
     let whole = serde_json::to_vec(result).unwrap_or_default();
     let payload = if whole.len() > limit {

@@ -17,6 +17,9 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 pub const DEFAULT_OUTPUT_CAP: usize = 256 * 1024;
 /// Default bound on a drain (SIGTERM): the default step timeout plus a margin.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(330);
+/// How long a command may run and still be answered with its result (see
+/// [`AgentConfig::result_in_reply`]); well within the controller's 2 s ack timeout.
+pub const DEFAULT_RESULT_IN_REPLY: Duration = Duration::from_millis(500);
 /// Data directory of an agent run as root.
 pub const ROOT_DATA_DIR: &str = "/var/lib/drover/agent";
 
@@ -58,6 +61,10 @@ pub struct AgentConfig {
     pub output_cap: usize,
     /// Upper bound on a drain; running steps are cancelled when it is reached.
     pub drain_timeout: Duration,
+    /// A command that finishes within this long is answered with its result
+    /// (`ReplyStatus::Done`: one round trip); a longer one is answered `accepted` at this
+    /// point and its result published when it ends. Zero: always `accepted` first.
+    pub result_in_reply: Duration,
     /// Replicas and retention of the streams and buckets the agent creates if missing.
     pub topology: TopologyConfig,
     /// Journal retention.
@@ -81,6 +88,7 @@ impl AgentConfig {
             policy: Policy::default(),
             output_cap: DEFAULT_OUTPUT_CAP,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            result_in_reply: DEFAULT_RESULT_IN_REPLY,
             topology: TopologyConfig::default(),
             retention: Retention::default(),
             nats_url: None,

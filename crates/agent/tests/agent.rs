@@ -9,6 +9,7 @@ use common::{Env, LIMIT, cmd, lines};
 use drover_agent::INTERRUPTED;
 use drover_core::engine::AttemptOutcome;
 use drover_core::wire::{AgentStatus, CommandKind, ReplyStatus, Request};
+use futures::StreamExt;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,9 +34,14 @@ async fn registers_and_heartbeats() {
         assert!(!names.contains(&"shell"), "shell is not allowed by the default policy: {names:?}");
         assert!(rec.actions.iter().all(|a| a.params_schema.is_object()));
 
+        // Every beat is published; the bucket holds one at least every 4 s.
+        let mut beats = env.client.subscribe(env.names.heartbeat("web-1")).await.unwrap();
+        let beat = tokio::time::timeout(Duration::from_secs(2), beats.next()).await.expect("a published beat");
+        let beat: drover_core::wire::Heartbeat = serde_json::from_slice(&beat.unwrap().payload).unwrap();
+        assert_eq!(beat.status, AgentStatus::Online);
         let first = env.heartbeat("web-1").await.expect("heartbeat");
         assert_eq!(first.status, AgentStatus::Online);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(8);
         loop {
             let hb = env.heartbeat("web-1").await.unwrap();
             if hb.at_ms > first.at_ms {
@@ -396,6 +402,44 @@ async fn a_drain_past_its_timeout_cancels_the_running_step() {
         let r = env.results_of(&c.id).await;
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].outcome, AttemptOutcome::Cancelled, "{r:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_command_is_answered_with_its_result_and_recorded() {
+    tokio::time::timeout(LIMIT, async {
+        let env = Env::new().await;
+        let mut cfg = env.config("n1");
+        cfg.result_in_reply = Duration::from_millis(500);
+        let agent = env.start(cfg).await;
+        let file = env.dir.path().join("count");
+        let c = cmd("jq", "n1", 0, 1, "shell", json!({ "command": format!("echo once >> {}", file.display()) }));
+        let reply = env.send(&c).await;
+        assert_eq!(reply.status, ReplyStatus::Done, "{reply:?}");
+        let result = reply.result.expect("the result in the reply");
+        assert_eq!(result.id, c.id);
+        assert_eq!(result.outcome, AttemptOutcome::Succeeded);
+        // The record is stored, on the subject the controller does not consume.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while env.stored(&env.names.result_record("jq", "n1")).await.is_empty() {
+            assert!(Instant::now() < deadline, "no record of the result");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(env.results("jq", "n1").await.is_empty(), "published as well as returned");
+        // Sent again: answered from the journal with the same result, not run again.
+        let again = env.send(&c).await;
+        assert_eq!(again.status, ReplyStatus::Duplicate);
+        assert_eq!(again.result.map(|r| r.id), Some(c.id.clone()));
+        assert_eq!(lines(&file), 1);
+        // A command longer than the window is acknowledged first, its result published.
+        let slow = cmd("jq", "n1", 1, 1, "test.sleep", json!({ "duration": "800ms" }));
+        let reply = env.send(&slow).await;
+        assert_eq!(reply.status, ReplyStatus::Accepted, "{reply:?}");
+        assert!(reply.result.is_none());
+        assert_eq!(env.wait_result(&slow.id, Duration::from_secs(10)).await.outcome, AttemptOutcome::Succeeded);
+        agent.shutdown().await;
     })
     .await
     .expect("test timed out");

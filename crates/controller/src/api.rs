@@ -177,13 +177,19 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
         None => archived(&s, &id).await?.and_then(|r| crate::runtime::node_steps(&r.job, &node)),
     };
     let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
-    let mut results: Vec<StepResult> =
-        read_subject(&s.topo, &s.topo.names.results_stream(), &s.topo.names.result(&id, &node))
+    // Published results and the records of those returned in replies.
+    let names = &s.topo.names;
+    let mut results: Vec<StepResult> = Vec::new();
+    for subject in [names.result(&id, &node), names.result_record(&id, &node)] {
+        let read = read_subject(&s.topo, &names.results_stream(), &subject)
             .await
-            .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?
-            .into_iter()
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect();
+            .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?;
+        results.extend(read.into_iter().filter_map(|b| serde_json::from_slice::<StepResult>(&b).ok()));
+    }
+    // One copy of each (a record and a later re-publication can both exist), in order.
+    results.sort_by_key(|r| r.finished_at_ms);
+    let mut keys = std::collections::HashSet::new();
+    results.retain(|r| keys.insert(r.id.key()));
     for r in &mut results {
         if let Some(name) = r.full_output.clone() {
             match whole_result(&s.topo, &name).await {
@@ -278,25 +284,26 @@ fn progress_events(
     status: JobStatus,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     enum St {
-        Run(Box<async_nats::jetstream::consumer::pull::Ordered>, u64),
+        Run(Box<async_nats::jetstream::consumer::pull::Ordered>, std::collections::HashSet<u64>),
         Done,
     }
-    let start = if end_now { None } else { Some(St::Run(Box::new(messages), from)) };
+    let start = if end_now { None } else { Some(St::Run(Box::new(messages), Default::default())) };
     let first: Vec<Result<SseEvent, Infallible>> = if end_now { vec![Ok(end(status))] } else { vec![] };
     futures::stream::iter(first).chain(
         futures::stream::unfold(start, move |st| async move {
-            let Some(St::Run(mut m, mut next)) = st else { return None };
+            let Some(St::Run(mut m, mut seen)) = st else { return None };
             loop {
                 match m.next().await {
                     Some(Ok(msg)) => {
                         let mut out = Vec::new();
                         for line in split_lines(&msg.payload) {
                             let Ok(p) = serde_json::from_slice::<Progress>(line) else { continue };
-                            // Before `from`, or a copy (a line written again after a failed ack).
-                            if p.seq < next {
+                            // Before `from`, or a copy (a line written again after a failed
+                            // ack; such a retry can also land after later lines, so copies
+                            // are known by number, not by order).
+                            if p.seq < from || !seen.insert(p.seq) {
                                 continue;
                             }
-                            next = p.seq + 1;
                             let data = String::from_utf8_lossy(line).into_owned();
                             out.push(Ok(SseEvent::default().id(p.seq.to_string()).event("progress").data(data)));
                             if p.kind == ProgressKind::JobFinished {
@@ -310,7 +317,7 @@ fn progress_events(
                             }
                         }
                         if !out.is_empty() {
-                            return Some((out, Some(St::Run(m, next))));
+                            return Some((out, Some(St::Run(m, seen))));
                         }
                     }
                     Some(Err(e)) => {

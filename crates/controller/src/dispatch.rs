@@ -23,6 +23,14 @@ pub async fn send_command(
     loop {
         match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
             Ok(reply) => match reply.status {
+                // The result came with the answer (a quick command, or one that had
+                // finished before this copy of it arrived): apply it like a consumed one.
+                ReplyStatus::Done | ReplyStatus::Duplicate if reply.result.is_some() => {
+                    if let Some(result) = reply.result {
+                        let _ = tx.send(Input::Result { result, msg: None }).await;
+                    }
+                    return;
+                }
                 ReplyStatus::Accepted | ReplyStatus::Duplicate => return,
                 ReplyStatus::Rejected => {
                     let reason = reply.reason.unwrap_or_else(|| "no reason given".into());

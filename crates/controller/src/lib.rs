@@ -100,15 +100,16 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     let recovery = rt.recover().await?;
     tasks.push(tokio::spawn(rt.run(rx)));
 
-    // Results: one durable consumer; results are acknowledged once their effect is
-    // journaled, cumulatively (one ack per round covers every result before it).
+    // Results: one durable consumer; each result is acknowledged once its effect is
+    // journaled.
     let stream =
         topo.js.get_stream(topo.names.results_stream()).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
     let durable = format!("{}-controller", topo.names.prefix().replace('.', "-"));
     let mut consumer_cfg = async_nats::jetstream::consumer::pull::Config {
         durable_name: Some(durable.clone()),
-        filter_subject: topo.names.all_results(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+        // Results the agents returned in their replies are stored as records, not consumed.
+        filter_subject: topo.names.published_results(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 50_000,
         ..Default::default()
@@ -116,9 +117,11 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     // Results delivered to a controller that died before acknowledging them would only be
     // delivered again after `ack_wait`: start the consumer again from the first result not
     // acknowledged (one controller per prefix; a result taken twice is ignored as a copy).
-    // A consumer made by an older version (explicit acks) is replaced the same way.
+    // A consumer made with another ack policy or filter is replaced the same way.
     if let Ok(info) = stream.consumer_info(&durable).await
-        && (info.num_ack_pending > 0 || info.config.ack_policy != consumer_cfg.ack_policy)
+        && (info.num_ack_pending > 0
+            || info.config.ack_policy != consumer_cfg.ack_policy
+            || info.config.filter_subject != consumer_cfg.filter_subject)
     {
         let start_sequence = info.ack_floor.stream_sequence + 1;
         stream.delete_consumer(&durable).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;

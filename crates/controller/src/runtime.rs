@@ -59,8 +59,7 @@ pub enum Input {
         result: Box<StepResult>,
         msg: Option<Box<jetstream::Message>>,
     },
-    /// A result message that cannot be used (malformed): acknowledged with the round, in
-    /// its place in the order (results are acknowledged cumulatively).
+    /// A result message that cannot be used (malformed): acknowledged with the round.
     Unusable(Box<jetstream::Message>),
     Timer {
         job: String,
@@ -211,21 +210,10 @@ struct Round {
     commands: Vec<Command>,
     cancels: Vec<CommandId>,
     timers: Vec<(String, Millis, Timer)>,
-    /// The consumed result with the highest stream sequence: acknowledging it
-    /// acknowledges every result before it (the consumer's ack policy is `all`).
-    ack: Option<(u64, jetstream::Message)>,
+    /// Result messages whose effect this round journals, acknowledged after the commit.
+    acks: Vec<jetstream::Message>,
     finished: Vec<String>,
     summaries: BTreeSet<String>,
-}
-
-impl Round {
-    /// A result message whose effect this round journals.
-    fn consumed(&mut self, m: jetstream::Message) {
-        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-        if self.ack.as_ref().is_none_or(|(s, _)| seq >= *s) {
-            self.ack = Some((seq, m));
-        }
-    }
 }
 
 pub struct Runtime {
@@ -284,7 +272,7 @@ impl Runtime {
                 }
             }
             let t0 = std::time::Instant::now();
-            let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.ack.is_some());
+            let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
             self.commit(round).await;
             tracing::debug!(journal = nj, commands = nc, acks = na, took_us = t0.elapsed().as_micros() as u64, "round");
             for r in replies {
@@ -490,10 +478,10 @@ impl Runtime {
                     let _ = self.apply(&job, event, now, round);
                 }
                 if let Some(m) = msg {
-                    round.consumed(*m);
+                    round.acks.push(*m);
                 }
             }
-            Input::Unusable(m) => round.consumed(*m),
+            Input::Unusable(m) => round.acks.push(*m),
             Input::Timer { job, timer } => {
                 if self.jobs.get(&job).is_some_and(|e| e.stage == Stage::Active) {
                     let _ = self.apply(&job, Event::Timer { timer }, now, round);
@@ -893,12 +881,13 @@ impl Runtime {
                 let _ = tx.send(Input::Timer { job, timer }).await;
             });
         }
-        // 4. Results are acknowledged only now that their effect is journaled: one ack
-        //    for the round, which covers every result before it in the stream.
-        if let Some((_, m)) = round.ack
-            && let Err(e) = m.ack().await
-        {
-            tracing::warn!("acking results: {e}");
+        // 4. Results are acknowledged only now that their effect is journaled, each one
+        //    (explicit acks: a cumulative one could cover a result lost in delivery, which
+        //    then would never come again).
+        for m in round.acks {
+            if let Err(e) = m.ack().await {
+                tracing::warn!("acking a result: {e}");
+            }
         }
         // 5. Job summaries for listing by other processes.
         for id in round.summaries {
@@ -1005,6 +994,11 @@ fn command(
 /// a message whose ack failed is written again (inputs carry their number and progress
 /// its sequence, so a line that landed twice is harmless on replay and to watchers).
 async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
+    // Never more than the server takes in one message (it may be set below the default).
+    let max_payload = match js.client().server_info().max_payload {
+        0 => MAX_BATCH_BYTES,
+        m => m.saturating_sub(4096).clamp(1024, MAX_BATCH_BYTES),
+    };
     let mut subjects: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (subject, bytes) in lines {
@@ -1017,7 +1011,7 @@ async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
     let mut acks = Vec::with_capacity(subjects.len());
     let mut failed = Vec::new();
     for (subject, lines) in subjects {
-        for bytes in pack_lines(lines, MAX_BATCH_BYTES) {
+        for bytes in pack_lines(lines, max_payload) {
             match js.publish(subject.clone(), bytes.clone().into()).await {
                 Ok(ack) => acks.push((subject.clone(), bytes, ack)),
                 Err(_) => failed.push((subject.clone(), bytes)),

@@ -52,6 +52,17 @@ impl Names {
         format!("{}.result.>", self.prefix)
     }
 
+    /// The record of a result the agent also returned in its reply (`ReplyStatus::Done`):
+    /// stored with the others, not consumed by the controller.
+    pub fn result_record(&self, job: &str, node: &str) -> String {
+        format!("{}.result.{job}.{node}.record", self.prefix)
+    }
+
+    /// What the controller consumes: results published on their own (not the records).
+    pub fn published_results(&self) -> String {
+        format!("{}.result.*.*", self.prefix)
+    }
+
     /// The engine inputs of a job, in order: replaying them rebuilds the job.
     pub fn job_inputs(&self, job: &str) -> String {
         format!("{}.event.{job}.in", self.prefix)
@@ -105,8 +116,8 @@ impl Names {
         format!("{}.hb.*", self.prefix)
     }
 
-    /// KV bucket: the last stored heartbeat of each node (written every
-    /// [`HEARTBEATS_PER_KV_WRITE`] beats and on every status change).
+    /// KV bucket: the last stored heartbeat of each node (see
+    /// [`HEARTBEAT_STORE_EVERY_MS`]).
     pub fn heartbeats_bucket(&self) -> String {
         format!("{}_heartbeats", self.prefix.replace('.', "_"))
     }
@@ -213,13 +224,22 @@ pub struct Reply {
     pub status: ReplyStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// With `done`, the command's result; with `duplicate`, its recorded result when it
+    /// has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<StepResult>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplyStatus {
-    /// New command: journaled, running now.
+    /// New command: journaled, running now; its result will be published on
+    /// `result.<job>.<node>`.
     Accepted,
+    /// New command that finished quickly: journaled, run, its result journaled and in
+    /// this reply; a copy for the record goes to `result.<job>.<node>.record`, which the
+    /// controller does not consume.
+    Done,
     /// Seen before: running, or its recorded result was published again.
     Duplicate,
     /// Refused (unknown action, policy, stale epoch, draining...); the reason says why.
@@ -305,11 +325,13 @@ pub struct NodeRecord {
 }
 
 /// An agent publishes every heartbeat on `<prefix>.hb.<node>` (core NATS: cheap, not
-/// stored) and stores every this many, and each change of status, in the `heartbeats`
-/// bucket, where a controller that starts finds the fleet's recent liveness.
-pub const HEARTBEATS_PER_KV_WRITE: u64 = 5;
+/// stored) and stores one in the `heartbeats` bucket when this long has passed since the
+/// last one it stored, and on each change of status: a controller that starts finds
+/// there the fleet's liveness, at most this old (well within the default 10 s timeout)
+/// plus one beat.
+pub const HEARTBEAT_STORE_EVERY_MS: u64 = 4_000;
 
-/// A heartbeat: published every `heartbeat_ms` (see [`HEARTBEATS_PER_KV_WRITE`]).
+/// A heartbeat: published every `heartbeat_ms` (see [`HEARTBEAT_STORE_EVERY_MS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub node: String,

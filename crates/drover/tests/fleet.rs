@@ -256,7 +256,9 @@ async fn a_resent_command_is_not_run_twice() {
         statuses.push(r.status);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(statuses, vec![ReplyStatus::Accepted, ReplyStatus::Duplicate, ReplyStatus::Duplicate]);
+    // A quick command is answered with its result (`done`), a slower one `accepted`.
+    assert!(matches!(statuses[0], ReplyStatus::Done | ReplyStatus::Accepted), "{statuses:?}");
+    assert_eq!(statuses[1..], [ReplyStatus::Duplicate, ReplyStatus::Duplicate]);
     let lines = std::fs::read_to_string(&file).unwrap();
     assert_eq!(lines.lines().count(), 1, "the command ran more than once: {lines:?}");
     fleet.stop().await;

@@ -39,6 +39,8 @@ impl Env {
     pub fn config(&self, node: &str) -> AgentConfig {
         let mut cfg = AgentConfig::new(node, self.data_dir(node));
         cfg.heartbeat = Duration::from_millis(200);
+        // These tests follow results on the published path; `result_in_reply` has its own.
+        cfg.result_in_reply = Duration::ZERO;
         cfg.policy = Policy { allow: vec!["shell".into(), "*".into()], ..Policy::default() };
         cfg
     }
@@ -57,12 +59,17 @@ impl Env {
         self.request(&cmd.id.node, &Request::Run(cmd.clone())).await
     }
 
-    /// Every result stored for (job, node), in stream order.
+    /// Every result published for (job, node), in stream order.
     pub async fn results(&self, job: &str, node: &str) -> Vec<StepResult> {
+        self.stored(&self.names.result(job, node)).await
+    }
+
+    /// Every result on one subject of the results stream, in stream order.
+    pub async fn stored(&self, subject: &str) -> Vec<StepResult> {
         let stream = self.js.get_stream(self.names.results_stream()).await.unwrap();
         let c = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: self.names.result(job, node),
+                filter_subject: subject.to_string(),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(10),

@@ -84,9 +84,22 @@ struct Report {
     process_peak_rss_mb: f64,
     /// Resident memory of one idle `drover agent` process.
     agent_idle_rss_mb: Option<f64>,
+    /// CPU seconds per second of the idle fleet (heartbeats), before the workloads.
+    idle_cpu: Option<IdleCost>,
     /// Where the agents' journals were.
     agent_journals: String,
 }
+
+/// CPU seconds per second of wall time, by process.
+#[derive(Debug, Serialize)]
+struct IdleCost {
+    controller: f64,
+    agents: f64,
+    nats: f64,
+}
+
+/// How long the idle fleet is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// The largest fleet `drover bench` starts (all in this process).
 const MAX_NODES: usize = 10_000;
@@ -158,6 +171,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         }
     }
     let mut agent_idle_rss_mb = None;
+    let mut idle_cpu = None;
     if fleet_size > 0 {
         eprintln!("starting nats-server, a controller and {fleet_size} agents...");
         let nats = drover_bus::server::ManagedServer::start(&dir.path().join("nats"))?;
@@ -169,15 +183,32 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
             drover_controller::start(cfg, drover_bus::connect(nats.url(), "drover-controller").await?).await?;
         let out = dir.path().join("out");
         std::fs::create_dir_all(&out)?;
-        let hosts = AgentHosts::start(nats.url(), fleet_size, &agents_dir, &out)?;
+        let mut hosts = AgentHosts::start(nats.url(), fleet_size, &agents_dir, &out)?;
         let ids = nodes(fleet_size);
-        let limit = Duration::from_secs(60 + fleet_size as u64 / 50);
-        wait_online(&controller, &ids, limit).await?;
+        let deadline = Instant::now() + Duration::from_secs(60 + fleet_size as u64 / 50);
+        while !ids.iter().all(|id| controller.sees_online(id)) {
+            hosts.check()?;
+            if Instant::now() > deadline {
+                let missing = ids.iter().filter(|id| !controller.sees_online(id)).count();
+                anyhow::bail!("{missing} agents not online in time (their processes' errors are above)");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         eprintln!("{fleet_size} agents online in {} processes", hosts.children.len());
         agent_idle_rss_mb = idle_agent_rss(nats.url(), &controller, dir.path()).await?;
         let client = Client::new(&controller.url())?;
         let js = async_nats::jetstream::new(drover_bus::connect(nats.url(), "drover-bench").await?);
         let cost = Cost { controller: &controller, hosts: &hosts, nats_pid: nats.pid() };
+        // What the idle fleet costs (heartbeats), per second.
+        let start = cost.now();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let idle = cost.since(start);
+        let per_s = |x: f64| x / IDLE_WINDOW.as_secs_f64();
+        idle_cpu = Some(IdleCost {
+            controller: per_s(idle.controller_cpu_s),
+            agents: per_s(idle.agents_cpu_s),
+            nats: per_s(idle.nats_cpu_s),
+        });
         if has("w1") {
             for &n in &args.nodes {
                 let floor_ms = figures.iter().find(|f| f.workload == "floor" && f.nodes == n).map(|f| f.median_ms);
@@ -208,6 +239,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         process_cpu_s: cpu,
         process_peak_rss_mb: rss,
         agent_idle_rss_mb,
+        idle_cpu,
         agent_journals: agents_dir.display().to_string(),
     })
 }
@@ -243,6 +275,16 @@ impl AgentHosts {
             first = last + 1;
         }
         Ok(hosts)
+    }
+
+    /// Fail when an agent process has exited (it printed why).
+    fn check(&mut self) -> anyhow::Result<()> {
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                anyhow::bail!("an agent process (bench-agents) exited: {status}");
+            }
+        }
+        Ok(())
     }
 
     /// CPU seconds (user + system) of the agent processes so far.
@@ -364,7 +406,7 @@ impl Cost<'_> {
             controller_peak_rss_mb: proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0.0) / 1024.0,
             engine_cpu_s: engine,
             engine_share: if cpu > 0.0 { engine / cpu } else { 0.0 },
-            agents_cpu_s: self.hosts.cpu_s() - m.agents_cpu_s,
+            agents_cpu_s: (self.hosts.cpu_s() - m.agents_cpu_s).max(0.0),
             nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0) - m.nats_cpu_s,
         }
     }
@@ -411,6 +453,15 @@ pub fn run_agents(args: BenchAgentsArgs) -> Exit {
     if args.first == 0 || args.last < args.first {
         eprintln!("error: --first must be at least 1 and --last at least --first");
         return Exit::Invalid;
+    }
+    // Each agent holds its socket, journal and lock file open: take the whole allowance.
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
     super::block_on_runtime(async move {
         let agents = match crate::cmd::dev::start_agents(
@@ -723,6 +774,12 @@ fn print(r: &Report, output: &str) {
             opt(c.map(|c| c.agents_cpu_s), "s"),
             opt(c.map(|c| c.nats_cpu_s), "s"),
             f.note
+        );
+    }
+    if let Some(i) = &r.idle_cpu {
+        println!(
+            "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}",
+            i.controller, i.agents, i.nats
         );
     }
     println!(
