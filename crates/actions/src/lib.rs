@@ -333,7 +333,15 @@ pub async fn run_action(
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
     let act = preflight(registry, action, &params, ctx)?;
-    let secrets = redact::secret_values(&act.params_schema(), &params);
+    let generated;
+    let schema = match registry.schema(action) {
+        Some(s) => s,
+        None => {
+            generated = act.params_schema();
+            &generated
+        }
+    };
+    let secrets = redact::secret_values(schema, &params);
     tracing::info!(
         action,
         job = %ctx.job_id,
@@ -341,7 +349,7 @@ pub async fn run_action(
         step = %ctx.step,
         attempt = ctx.attempt,
         dry_run = ctx.dry_run,
-        params = %redact::redact_params(&act.params_schema(), &params),
+        params = %redact::redact_params(schema, &params),
         "executing action"
     );
     let inner = inner_ctx(ctx);
@@ -358,7 +366,15 @@ pub async fn run_rollback(
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
     let act = preflight(registry, action, &params, ctx)?;
-    let secrets = redact::secret_values(&act.params_schema(), &params);
+    let generated;
+    let schema = match registry.schema(action) {
+        Some(s) => s,
+        None => {
+            generated = act.params_schema();
+            &generated
+        }
+    };
+    let secrets = redact::secret_values(schema, &params);
     tracing::info!(
         action,
         job = %ctx.job_id,

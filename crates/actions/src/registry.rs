@@ -70,6 +70,12 @@ impl Registry {
         self.entries.get(name).map(|e| e.action.clone())
     }
 
+    /// An action's params schema, made once when the registry was built (making it is
+    /// not free: it is generated from the params type).
+    pub fn schema(&self, name: &str) -> Option<&Value> {
+        self.entries.get(name).map(|e| &e.schema)
+    }
+
     /// All actions, by name.
     pub fn list(&self) -> Vec<ActionInfo> {
         self.entries

@@ -1,7 +1,7 @@
 //! The agent runtime: registration, heartbeats, the command subscription, execution,
 //! result publication, drain and kill.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,9 @@ struct State {
     journal: Option<Journal>,
     /// Running commands by key.
     running: HashMap<String, CancellationToken>,
+    /// Running commands that were sent again meanwhile: the sender gave up waiting for
+    /// the first answer, so their results must be published, not only answered.
+    resent: HashSet<String>,
     draining: bool,
 }
 
@@ -187,7 +190,12 @@ impl Agent {
             client: client.clone(),
             topo,
             registry,
-            state: Mutex::new(State { journal: Some(journal), running: HashMap::new(), draining: false }),
+            state: Mutex::new(State {
+                journal: Some(journal),
+                running: HashMap::new(),
+                resent: HashSet::new(),
+                draining: false,
+            }),
             tracker: TaskTracker::new(),
             kill: CancellationToken::new(),
             give_up: CancellationToken::new(),
@@ -558,10 +566,11 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                     );
                     let r = result.clone();
                     let k = key.clone();
-                    let journaled = s
+                    let (journaled, resent) = s
                         .with_state(move |st| {
                             st.running.remove(&k);
-                            st.journal.as_mut().map(|j| j.finish(r))
+                            let resent = st.resent.remove(&k);
+                            (st.journal.as_mut().map(|j| j.finish(r)), resent)
                         })
                         .await;
                     let durable = match journaled {
@@ -575,7 +584,10 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                     if answered {
                         // Only a journaled result may be handed over: a re-sent command is
                         // answered from the journal, never run again.
-                        if durable && fits_in_reply(&s, &result) {
+                        // A copy of the command that came meanwhile was answered
+                        // `duplicate` with no result: its sender waits for the published
+                        // one (and may no longer wait for this answer).
+                        if durable && !resent && fits_in_reply(&s, &result) {
                             let done = Reply {
                                 status: ReplyStatus::Done,
                                 reason: None,
@@ -610,6 +622,9 @@ fn decide(s: &Shared, st: &mut State, cmd: Command) -> Decision {
     let key = cmd.id.key();
     if let Some(e) = j.get(&key) {
         let result = e.result.clone();
+        if result.is_none() && st.running.contains_key(&key) {
+            st.resent.insert(key.clone());
+        }
         if let Err(e) = j.raise_epoch(&cmd.id.job, cmd.epoch).and_then(|_| j.sync()) {
             tracing::warn!(error = %e, "cannot journal the epoch");
         }

@@ -439,6 +439,21 @@ async fn a_quick_command_is_answered_with_its_result_and_recorded() {
         assert_eq!(reply.status, ReplyStatus::Accepted, "{reply:?}");
         assert!(reply.result.is_none());
         assert_eq!(env.wait_result(&slow.id, Duration::from_secs(10)).await.outcome, AttemptOutcome::Succeeded);
+        // A sender that gave up on the first answer and sent the command again while it
+        // ran gets `duplicate` without a result, so the result must be published.
+        let quick = cmd("jq", "n1", 2, 1, "test.sleep", json!({ "duration": "300ms" }));
+        let subject = env.names.command("n1");
+        let gave_up = drover_bus::request_json::<_, drover_core::wire::Reply>(
+            &env.client,
+            subject,
+            &Request::Run(quick.clone()),
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(gave_up.is_err(), "answered within 100 ms: {gave_up:?}");
+        let again = env.send(&quick).await;
+        assert_eq!((again.status, again.result.is_some()), (ReplyStatus::Duplicate, false));
+        assert_eq!(env.wait_result(&quick.id, Duration::from_secs(10)).await.outcome, AttemptOutcome::Succeeded);
         agent.shutdown().await;
     })
     .await
