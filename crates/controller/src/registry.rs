@@ -267,20 +267,23 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                     return;
                 }
             };
+            // The stored beats are read once, at the start; after that every beat comes on
+            // the subject (following the bucket as well would take each stored beat twice).
             if bucket_is_empty(&store).await {
                 registry.mark_beats_loaded();
+                return;
             }
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
-                if entry.delta == 0 {
-                    registry.mark_beats_loaded();
-                }
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&entry.value) {
-                    // Live updates count from when we got them; history from the agent's
-                    // own stamp (never in the future).
+                    // Stored beats count from the agent's own stamp (never in the future).
                     let now = drover_bus::now_ms();
                     let at = if entry.seen_current { now } else { hb.at_ms.min(now) };
                     registry.heartbeat(&hb, at, true);
+                }
+                if entry.delta == 0 {
+                    registry.mark_beats_loaded();
+                    return;
                 }
             }
         }

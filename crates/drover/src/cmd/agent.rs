@@ -53,7 +53,7 @@ pub struct AgentArgs {
     /// Restrict file.* actions to paths inside DIR (repeatable; default: anywhere).
     #[arg(long, value_name = "DIR")]
     pub allow_path: Vec<PathBuf>,
-    /// Heartbeat interval [default: 1s].
+    /// Heartbeat interval [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
     pub heartbeat: Option<drover_core::Dur>,
     /// Longest drain on SIGTERM before running steps are cancelled [default: 5m30s].
