@@ -93,6 +93,8 @@ struct Report {
 /// CPU seconds per second of wall time, by process.
 #[derive(Debug, Serialize)]
 struct IdleCost {
+    /// The controller's resident memory with the fleet registered and idle.
+    controller_rss_mb: f64,
     controller: f64,
     agents: f64,
     nats: f64,
@@ -205,6 +207,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         let idle = cost.since(start);
         let per_s = |x: f64| x / IDLE_WINDOW.as_secs_f64();
         idle_cpu = Some(IdleCost {
+            controller_rss_mb: proc_status_kb(std::process::id(), "VmRSS:").unwrap_or(0.0) / 1024.0,
             controller: per_s(idle.controller_cpu_s),
             agents: per_s(idle.agents_cpu_s),
             nats: per_s(idle.nats_cpu_s),
@@ -781,8 +784,8 @@ fn print(r: &Report, output: &str) {
     }
     if let Some(i) = &r.idle_cpu {
         println!(
-            "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}",
-            i.controller, i.agents, i.nats
+            "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}; controller RSS {:.0} MB",
+            i.controller, i.agents, i.nats, i.controller_rss_mb
         );
     }
     println!(
