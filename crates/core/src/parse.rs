@@ -293,7 +293,11 @@ impl Walk<'_> {
         let p = "rollout";
         let m = self.object(v, p, ROLLOUT_FIELDS)?;
         let before = self.errors.len();
-        let strategy = self.opt(m, p, "strategy", word(Strategy::parse)).unwrap_or_default();
+        let strategy = self.opt(m, p, "strategy", word(Strategy::parse));
+        // An unreadable strategy has its own error; the fields that depend on it are not
+        // judged against a default the operator did not choose.
+        let strategy_known = strategy.is_some() || !m.contains_key("strategy");
+        let strategy = strategy.unwrap_or_default();
         let batch = self.opt(m, p, "batch", BatchSpec::from_value);
         let window = self.opt(m, p, "window", word(Window::parse));
         let batch_delay = self.opt(m, p, "batch_delay", duration);
@@ -303,7 +307,7 @@ impl Walk<'_> {
         let pause_after_batches = self.opt(m, p, "pause_after_batches", batch_numbers).unwrap_or_default();
         let rollback_failed_nodes = self.opt(m, p, "rollback_failed_nodes", boolean).unwrap_or(true);
         let share_nodes = self.opt(m, p, "share_nodes", boolean).unwrap_or(false);
-        if strategy != Strategy::Rolling {
+        if strategy != Strategy::Rolling && strategy_known {
             for f in ["batch", "window"] {
                 if m.contains_key(f) {
                     self.err(&join(p, f), format!("only applies to strategy rolling (strategy is {strategy})"));
@@ -588,6 +592,11 @@ steps:
         );
         let e = errors("name: x\ntargets: {all: true}\nrollout: {batch: 2}\nsteps: [{name: a, action: echo}]\n");
         assert_eq!(e, vec!["rollout.batch: only applies to strategy rolling (strategy is parallel)"]);
+        // A misspelled strategy is one error, not also a complaint about `batch`.
+        let e = errors(
+            "name: x\ntargets: {all: true}\nrollout: {strategy: rollin, batch: 2}\nsteps: [{name: a, action: echo}]\n",
+        );
+        assert_eq!(e, vec!["rollout.strategy: \"rollin\" is not one of parallel, sequential, rolling"]);
         let e =
             errors("name: x\ntargets: {all: true}\ntimeout: 30\nsteps: [{name: a, action: echo, when: on_failure}]\n");
         assert!(e.iter().any(|x| x.starts_with("timeout: 30 has no unit")), "{e:?}");

@@ -17,8 +17,8 @@ pub struct ControllerArgs {
     /// Subject prefix shared with the agents.
     #[arg(long, default_value = drover_core::wire::DEFAULT_PREFIX)]
     pub prefix: String,
-    /// Jobs running at once; more wait in the queue.
-    #[arg(long, default_value_t = 16)]
+    /// Jobs running at once (at least 1); more wait in the queue.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub max_running: usize,
     /// Jobs waiting at once; beyond it, submissions get 429.
     #[arg(long, default_value_t = 256)]
@@ -27,12 +27,21 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_timeout: Duration,
     /// Replicas of streams and buckets (3 in a NATS cluster).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub replicas: usize,
-    /// Finished jobs kept in memory and in listings; older ones are still served by id,
-    /// rebuilt from their journal.
-    #[arg(long, default_value_t = 1000)]
+    /// Finished jobs kept in memory and in listings (at least 1); older ones are still
+    /// served by id, rebuilt from their journal.
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub retain_finished: usize,
+}
+
+/// A count of 1 or more.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
