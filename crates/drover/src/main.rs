@@ -52,7 +52,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     // Long-running roles log what they do; one-shot commands only warnings.
     let daemon = matches!(cli.command, Command::Agent(_) | Command::Controller(_));
@@ -74,20 +73,6 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
     };
     code.into()
-}
-
-/// glibc gives each thread that allocates under contention an arena of its own (up to 8
-/// per core) and seldom returns their memory: the controller at 10,000 nodes peaked at
-/// about 500 MB with the default and 166 MB with 2 arenas, at the same speed
-/// (docs/PERFORMANCE.md). `MALLOC_ARENA_MAX` in the environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes an allocator setting; called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
 
 fn init_tracing(json: bool, default_level: &str) {
