@@ -28,8 +28,9 @@ struct Stored {
 #[derive(Default)]
 struct Inner {
     records: BTreeMap<String, Stored>,
-    /// The distinct action lists nodes offer (a fleet has a handful).
-    catalogs: Vec<Arc<Vec<ActionOffer>>>,
+    /// The distinct action lists nodes offer (a fleet has a handful), with their JSON as
+    /// registered: a registration with the same JSON shares the parsed list.
+    catalogs: Vec<(String, Arc<Vec<ActionOffer>>)>,
     seen: BTreeMap<String, Seen>,
     /// The registrations and the heartbeats stored before the watches began have all
     /// been read: until then a node may look silent only because we have not read it yet.
@@ -37,6 +38,20 @@ struct Inner {
     beats_loaded: bool,
     /// When the stored heartbeats had been read and live ones were being received.
     loaded_at_ms: Option<u64>,
+}
+
+/// A registration as read from the bucket, its actions left as JSON text.
+#[derive(serde::Deserialize)]
+struct RawRecord<'a> {
+    id: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    facts: drover_core::wire::NodeFacts,
+    #[serde(borrow)]
+    actions: &'a serde_json::value::RawValue,
+    heartbeat_ms: u64,
 }
 
 /// Shared, always-current view of the fleet.
@@ -84,18 +99,46 @@ impl Registry {
 
     pub fn put_record(&self, mut r: NodeRecord) {
         let offered = std::mem::take(&mut r.actions);
-        let mut w = self.write();
-        let actions = match w.catalogs.iter().find(|c| ***c == offered) {
-            Some(c) => c.clone(),
-            None => {
-                // Forget the lists no node offers any more, then keep this one.
-                w.catalogs.retain(|c| Arc::strong_count(c) > 1);
-                let c = Arc::new(offered);
-                w.catalogs.push(c.clone());
-                c
-            }
+        let json = serde_json::to_string(&offered).unwrap_or_default();
+        let actions = self.catalog_for(&json, || Ok(offered)).unwrap_or_default();
+        self.write().records.insert(r.id.clone(), Stored { rec: r, actions });
+    }
+
+    /// Take a registration as stored in the bucket. Its action list (every action's JSON
+    /// Schema: most of its bytes) is parsed only when no node registered the same one
+    /// before; a fleet registering at once is thousands of them.
+    pub fn put_registration(&self, bytes: &[u8]) -> Result<String, serde_json::Error> {
+        let raw: RawRecord = serde_json::from_slice(bytes)?;
+        let json = raw.actions.get();
+        let actions = self.catalog_for(json, || serde_json::from_str(json))?;
+        let rec = NodeRecord {
+            id: raw.id,
+            labels: raw.labels,
+            groups: raw.groups,
+            facts: raw.facts,
+            actions: Vec::new(),
+            heartbeat_ms: raw.heartbeat_ms,
         };
-        w.records.insert(r.id.clone(), Stored { rec: r, actions });
+        let id = rec.id.clone();
+        self.write().records.insert(id.clone(), Stored { rec, actions });
+        Ok(id)
+    }
+
+    /// The shared list for this JSON, made with `parse` when there is none yet.
+    fn catalog_for(
+        &self,
+        json: &str,
+        parse: impl FnOnce() -> Result<Vec<ActionOffer>, serde_json::Error>,
+    ) -> Result<Arc<Vec<ActionOffer>>, serde_json::Error> {
+        if let Some((_, c)) = self.read().catalogs.iter().find(|(j, _)| j == json) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(parse()?);
+        let mut w = self.write();
+        // Forget the lists no node offers any more, then keep this one.
+        w.catalogs.retain(|(_, c)| Arc::strong_count(c) > 1);
+        w.catalogs.push((json.to_string(), c.clone()));
+        Ok(c)
     }
 
     pub fn remove(&self, id: &str) {
@@ -246,9 +289,8 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                 }
                 match entry.operation {
                     async_nats::jetstream::kv::Operation::Put => {
-                        match serde_json::from_slice::<NodeRecord>(&entry.value) {
-                            Ok(r) => registry.put_record(r),
-                            Err(e) => tracing::warn!(key = %entry.key, "ignoring a bad node registration: {e}"),
+                        if let Err(e) = registry.put_registration(&entry.value) {
+                            tracing::warn!(key = %entry.key, "ignoring a bad node registration: {e}");
                         }
                     }
                     _ => registry.remove(&entry.key),
@@ -348,6 +390,12 @@ mod tests {
         }
         reg.put_record(record("odd", &["echo"]));
         assert_eq!(reg.read().catalogs.len(), 2);
+        // As read from the bucket: the same list is shared, not parsed again.
+        let stored = serde_json::to_vec(&record("n100", &["echo", "shell"])).unwrap();
+        assert_eq!(reg.put_registration(&stored).unwrap(), "n100");
+        assert_eq!(reg.read().catalogs.len(), 2);
+        assert_eq!(reg.record("n100"), Some(record("n100", &["echo", "shell"])));
+        assert!(reg.put_registration(b"{\"id\": 1}").is_err());
         assert_eq!(reg.record("n7"), Some(record("n7", &["echo", "shell"])));
         assert!(reg.offers("n7", "shell") && !reg.offers("odd", "shell"));
         assert_eq!(reg.offered_by().get("shell"), Some(&100));
