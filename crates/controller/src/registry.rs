@@ -398,7 +398,7 @@ mod tests {
         assert!(reg.put_registration(b"{\"id\": 1}").is_err());
         assert_eq!(reg.record("n7"), Some(record("n7", &["echo", "shell"])));
         assert!(reg.offers("n7", "shell") && !reg.offers("odd", "shell"));
-        assert_eq!(reg.offered_by().get("shell"), Some(&100));
+        assert_eq!(reg.offered_by().get("shell"), Some(&101));
         assert_eq!(reg.catalog().len(), 2);
         // A list no node offers any more is dropped when another one arrives.
         reg.put_record(record("odd", &["echo", "shell"]));
