@@ -414,21 +414,24 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
 async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + s.cfg.heartbeat, s.cfg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The start stored one.
+    // Every `every`-th beat is stored (the start stored one), so that the stored one is
+    // never older than HEARTBEAT_STORE_EVERY_MS: counted in beats, not measured, so that
+    // timer jitter cannot make every beat a write.
+    let interval = s.cfg.heartbeat.as_millis().max(1) as u64;
+    let every = (HEARTBEAT_STORE_EVERY_MS / interval).max(1);
     let mut last = AgentStatus::Online;
-    let mut stored = Instant::now();
-    let store_every = Duration::from_millis(HEARTBEAT_STORE_EVERY_MS);
+    let mut since_stored = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
-        // A beat is due about every interval: store this one if the next would be late.
-        let store = status != last || stored.elapsed() + s.cfg.heartbeat > store_every;
+        since_stored += 1;
+        let store = status != last || since_stored >= every;
         s.heartbeat(status, store).await;
         if store {
-            stored = Instant::now();
+            since_stored = 0;
         }
         last = status;
     }
@@ -483,38 +486,47 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
         Request::Cancel { id, epoch } => {
             let node = s.node_id.clone();
             let key = id.key();
-            let (status, reason) = s
+            let fits = s.max_payload() / 2;
+            let answer = s
                 .with_state(move |st| {
+                    let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
                     let Some(j) = st.journal.as_mut() else {
-                        return (ReplyStatus::Rejected, Some("the agent is stopping".to_string()));
+                        return refuse("the agent is stopping".to_string());
                     };
                     if id.node != node {
-                        return (
-                            ReplyStatus::Rejected,
-                            Some(format!("cancel for node {} sent to node {node}", id.node)),
-                        );
+                        return refuse(format!("cancel for node {} sent to node {node}", id.node));
                     }
                     if let Some(seen) = j.epoch(&id.job)
                         && epoch < seen
                     {
-                        return (ReplyStatus::Rejected, Some(format!("stale epoch {epoch} < {seen}")));
+                        return refuse(format!("stale epoch {epoch} < {seen}"));
                     }
                     if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
                         && let Err(e) = j.sync()
                     {
                         tracing::warn!(error = %e, "cannot fsync the journal");
                     }
-                    match st.running.get(&id.key()) {
+                    let key = id.key();
+                    // A finished command's recorded result goes back with the answer: the
+                    // sender may be a restarted controller that never saw it.
+                    let recorded = j
+                        .get(&key)
+                        .and_then(|e| e.result.clone())
+                        .filter(|r| serde_json::to_vec(r).is_ok_and(|b| b.len() <= fits))
+                        .map(Box::new);
+                    match st.running.get(&key) {
                         Some(t) => {
                             t.cancel();
-                            (ReplyStatus::Cancelling, None)
+                            // Its requester may be gone by the end: publish the result.
+                            st.resent.insert(key);
+                            Reply { status: ReplyStatus::Cancelling, reason: None, result: None }
                         }
-                        None => (ReplyStatus::NotRunning, None),
+                        None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
                     }
                 })
                 .await;
-            tracing::info!(key = %key, status = ?status, "cancel request");
-            reply(&s, &msg, status, reason).await;
+            tracing::info!(key = %key, status = ?answer.status, "cancel request");
+            send_reply(&s, &msg, answer).await;
         }
         Request::Run(cmd) => {
             let key = cmd.id.key();
@@ -842,6 +854,12 @@ async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult, delivery: Delive
         Delivery::Publish => s.cfg.names.result(&result.id.job, &result.id.node),
         Delivery::Record => s.cfg.names.result_record(&result.id.job, &result.id.node),
     };
+    // The stream drops a message whose id it has seen (across subjects): a record must
+    // not stop the same result from being published later.
+    let msg_id = match delivery {
+        Delivery::Publish => key.clone(),
+        Delivery::Record => format!("{key}/record"),
+    };
     let limit = s.max_payload();
     let whole = serde_json::to_vec(result).unwrap_or_default();
     let payload = if whole.len() > limit {
@@ -860,7 +878,7 @@ async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult, delivery: Delive
     };
     let mut delay = Duration::from_millis(100);
     loop {
-        let attempt = publish_once(&s.topo.js, subject.clone(), &key, payload.clone());
+        let attempt = publish_once(&s.topo.js, subject.clone(), &msg_id, payload.clone());
         let r = tokio::select! {
             r = attempt => r,
             _ = s.give_up.cancelled() => return,

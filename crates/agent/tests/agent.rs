@@ -433,6 +433,17 @@ async fn a_quick_command_is_answered_with_its_result_and_recorded() {
         assert_eq!(again.status, ReplyStatus::Duplicate);
         assert_eq!(again.result.map(|r| r.id), Some(c.id.clone()));
         assert_eq!(lines(&file), 1);
+        // A cancel for it (a restarted controller that never saw the result) gets the
+        // recorded result back too.
+        let cancel = env.request("n1", &Request::Cancel { id: c.id.clone(), epoch: 1 }).await;
+        assert_eq!(cancel.status, ReplyStatus::NotRunning);
+        assert_eq!(cancel.result.map(|r| r.outcome), Some(AttemptOutcome::Succeeded));
+        // The record did not take the result's id: sent again, it is published as well.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while env.results("jq", "n1").await.is_empty() {
+            assert!(Instant::now() < deadline, "the result was not published after the record");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // A command longer than the window is acknowledged first, its result published.
         let slow = cmd("jq", "n1", 1, 1, "test.sleep", json!({ "duration": "800ms" }));
         let reply = env.send(&slow).await;

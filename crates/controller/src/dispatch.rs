@@ -57,13 +57,25 @@ pub async fn send_command(
 
 /// Ask an agent to cancel a running command (a few tries; the engine's cancel grace
 /// decides what happens when nobody answers).
-pub async fn send_cancel(client: async_nats::Client, names: Names, id: CommandId, epoch: u64, ack_timeout: Duration) {
+/// An agent whose command had already finished answers with its recorded result, which is
+/// applied like a consumed one (a restarted controller may never have seen it).
+pub async fn send_cancel(
+    client: async_nats::Client,
+    names: Names,
+    id: CommandId,
+    epoch: u64,
+    ack_timeout: Duration,
+    tx: mpsc::Sender<Input>,
+) {
     let subject = names.command(&id.node);
     let request = Request::Cancel { id: id.clone(), epoch };
     for _ in 0..3 {
         match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
             Ok(r) => {
                 tracing::debug!(key = %id, status = ?r.status, "cancel delivered");
+                if let Some(result) = r.result.filter(|x| x.id == id) {
+                    let _ = tx.send(Input::Result { result, msg: None }).await;
+                }
                 return;
             }
             Err(e) => {

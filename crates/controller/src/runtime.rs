@@ -870,6 +870,7 @@ impl Runtime {
                 id,
                 self.epoch,
                 self.cfg.ack_timeout,
+                self.tx.clone(),
             ));
         }
         let now = now_ms();

@@ -224,8 +224,8 @@ pub struct Reply {
     pub status: ReplyStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// With `done`, the command's result; with `duplicate`, its recorded result when it
-    /// has finished.
+    /// With `done`, the command's result; with `duplicate` and `not_running`, its recorded
+    /// result when it has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<StepResult>>,
 }
@@ -247,7 +247,8 @@ pub enum ReplyStatus {
     Rejected,
     /// Cancel delivered to a running command.
     Cancelling,
-    /// Cancel for a command that is not running (finished or unknown).
+    /// Cancel for a command that is not running (finished: with its recorded result; or
+    /// unknown).
     NotRunning,
     /// Answer to `Ping`.
     Pong,
