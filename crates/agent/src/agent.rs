@@ -176,13 +176,24 @@ impl Agent {
         }
         let topo = ensure_topology(client.clone(), &cfg.names, &cfg.topology).await?;
         let registry = Arc::new(Registry::builtin());
-        let record = node_record(&cfg, &registry);
+        let mut record = node_record(&cfg, &registry);
+        // The action list (every action's JSON Schema: most of a registration) is stored
+        // once per distinct list, under its content hash; the registration names it. A
+        // fleet registering at once then sends the controller a few hundred bytes a node.
+        let actions = serde_json::to_vec(&record.actions).map_err(|e| AgentError::Task(e.to_string()))?;
+        let key = catalog_key(&actions);
+        let register_err =
+            |e: String| AgentError::Register { node: node_id.clone(), bucket: cfg.names.nodes_bucket(), message: e };
+        // `create`: the first agent with this list writes it; for the others it exists.
+        if let Err(e) = topo.nodes.create(&key, actions.into()).await
+            && e.kind() != async_nats::jetstream::kv::CreateErrorKind::AlreadyExists
+        {
+            return Err(register_err(format!("storing the action catalog {key}: {e}")));
+        }
+        record.actions.clear();
+        record.catalog = Some(key);
         let body = serde_json::to_vec(&record).map_err(|e| AgentError::Task(e.to_string()))?;
-        topo.nodes.put(&node_id, body.into()).await.map_err(|e| AgentError::Register {
-            node: node_id.clone(),
-            bucket: cfg.names.nodes_bucket(),
-            message: e.to_string(),
-        })?;
+        topo.nodes.put(&node_id, body.into()).await.map_err(|e| register_err(e.to_string()))?;
         let shared = Arc::new(Shared {
             node_id: node_id.clone(),
             policy: Arc::new(cfg.policy.clone()),
@@ -382,6 +393,14 @@ impl Drop for AgentHandle {
     }
 }
 
+/// The nodes-bucket key of an action list: its SHA-256, so equal lists share one key.
+fn catalog_key(actions_json: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(actions_json);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}{hex}", drover_core::wire::CATALOG_KEY_PREFIX)
+}
+
 fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
     let actions = registry
         .list()
@@ -407,6 +426,7 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
             started_at_ms: now_ms(),
         },
         actions,
+        catalog: None,
         heartbeat_ms: u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
     }
 }

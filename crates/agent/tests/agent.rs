@@ -29,10 +29,16 @@ async fn registers_and_heartbeats() {
         assert_eq!(rec.heartbeat_ms, 200);
         assert_eq!(rec.facts.os, std::env::consts::OS);
         assert_eq!(rec.facts.agent_version, env!("CARGO_PKG_VERSION"));
-        let names: Vec<&str> = rec.actions.iter().map(|a| a.name.as_str()).collect();
+        // The actions (with their schemas) are stored once, under the key the record names.
+        let key = rec.catalog.clone().expect("the record names its action catalog");
+        assert!(rec.actions.is_empty() && drover_core::wire::is_catalog_key(&key), "{key}");
+        let kv = env.js.get_key_value(env.names.nodes_bucket()).await.unwrap();
+        let stored = kv.get(&key).await.unwrap().expect("the catalog is stored");
+        let actions: Vec<drover_core::wire::ActionOffer> = serde_json::from_slice(&stored).unwrap();
+        let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
         assert!(names.contains(&"file.write") && names.contains(&"test.sleep"), "{names:?}");
         assert!(!names.contains(&"shell"), "shell is not allowed by the default policy: {names:?}");
-        assert!(rec.actions.iter().all(|a| a.params_schema.is_object()));
+        assert!(actions.iter().all(|a| a.params_schema.is_object()));
 
         // Every beat is published; the bucket holds one at least every 4 s.
         let mut beats = env.client.subscribe(env.names.heartbeat("web-1")).await.unwrap();

@@ -3,7 +3,7 @@
 
 use drover_core::api::NodeView;
 use drover_core::resolve::NodeInfo;
-use drover_core::wire::{ActionOffer, AgentStatus, Heartbeat, NodeRecord};
+use drover_core::wire::{ActionOffer, AgentStatus, Heartbeat, NodeRecord, is_catalog_key};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -31,6 +31,8 @@ struct Inner {
     /// The distinct action lists nodes offer (a fleet has a handful), with their JSON as
     /// registered: a registration with the same JSON shares the parsed list.
     catalogs: Vec<(String, Arc<Vec<ActionOffer>>)>,
+    /// Catalogs stored in the bucket, by key (registrations name them).
+    by_key: std::collections::HashMap<String, Arc<Vec<ActionOffer>>>,
     seen: BTreeMap<String, Seen>,
     /// The registrations and the heartbeats stored before the watches began have all
     /// been read: until then a node may look silent only because we have not read it yet.
@@ -49,8 +51,10 @@ struct RawRecord<'a> {
     #[serde(default)]
     groups: Vec<String>,
     facts: drover_core::wire::NodeFacts,
-    #[serde(borrow)]
-    actions: &'a serde_json::value::RawValue,
+    #[serde(default, borrow)]
+    actions: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    catalog: Option<String>,
     heartbeat_ms: u64,
 }
 
@@ -109,19 +113,46 @@ impl Registry {
     /// before; a fleet registering at once is thousands of them.
     pub fn put_registration(&self, bytes: &[u8]) -> Result<String, serde_json::Error> {
         let raw: RawRecord = serde_json::from_slice(bytes)?;
-        let json = raw.actions.get();
-        let actions = self.catalog_for(json, || serde_json::from_str(json))?;
+        let inline = raw.actions.map(|a| a.get()).filter(|a| *a != "[]");
+        let actions = match (&raw.catalog, inline) {
+            (_, Some(json)) => self.catalog_for(json, || serde_json::from_str(json))?,
+            // Named: the catalog was stored before the registration, so it was read first.
+            (Some(key), None) => match self.read().by_key.get(key) {
+                Some(c) => c.clone(),
+                None => {
+                    tracing::warn!(node = %raw.id, %key, "a node names an action catalog not read yet");
+                    Arc::default()
+                }
+            },
+            (None, None) => Arc::default(),
+        };
         let rec = NodeRecord {
             id: raw.id,
             labels: raw.labels,
             groups: raw.groups,
             facts: raw.facts,
             actions: Vec::new(),
+            catalog: raw.catalog,
             heartbeat_ms: raw.heartbeat_ms,
         };
         let id = rec.id.clone();
         self.write().records.insert(id.clone(), Stored { rec, actions });
         Ok(id)
+    }
+
+    /// Take an action catalog stored in the bucket under `key`; nodes that named it before
+    /// it was read get it now.
+    pub fn put_catalog(&self, key: &str, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let json = std::str::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+        let c = self.catalog_for(json, || serde_json::from_str(json))?;
+        let mut w = self.write();
+        w.by_key.insert(key.to_string(), c.clone());
+        for s in w.records.values_mut() {
+            if s.rec.catalog.as_deref() == Some(key) && s.actions.is_empty() {
+                s.actions = c.clone();
+            }
+        }
+        Ok(())
     }
 
     /// The shared list for this JSON, made with `parse` when there is none yet.
@@ -288,11 +319,17 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                     registry.write().records_loaded = true;
                 }
                 match entry.operation {
+                    async_nats::jetstream::kv::Operation::Put if is_catalog_key(&entry.key) => {
+                        if let Err(e) = registry.put_catalog(&entry.key, &entry.value) {
+                            tracing::warn!(key = %entry.key, "ignoring a bad action catalog: {e}");
+                        }
+                    }
                     async_nats::jetstream::kv::Operation::Put => {
                         if let Err(e) = registry.put_registration(&entry.value) {
                             tracing::warn!(key = %entry.key, "ignoring a bad node registration: {e}");
                         }
                     }
+                    _ if is_catalog_key(&entry.key) => {}
                     _ => registry.remove(&entry.key),
                 }
             }
@@ -318,10 +355,9 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&entry.value) {
-                    // Stored beats count from the agent's own stamp (never in the future).
-                    let now = drover_bus::now_ms();
-                    let at = if entry.seen_current { now } else { hb.at_ms.min(now) };
-                    registry.heartbeat(&hb, at, true);
+                    // Stored beats count from the agent's own stamp (never in the future),
+                    // the last one too (the watcher marks it current: it is not new).
+                    registry.heartbeat(&hb, hb.at_ms.min(drover_bus::now_ms()), true);
                 }
                 if entry.delta == 0 {
                     registry.mark_beats_loaded();
@@ -378,6 +414,7 @@ mod tests {
                     undo: false,
                 })
                 .collect(),
+            catalog: None,
             heartbeat_ms: 1000,
         }
     }
@@ -396,6 +433,22 @@ mod tests {
         assert_eq!(reg.read().catalogs.len(), 2);
         assert_eq!(reg.record("n100"), Some(record("n100", &["echo", "shell"])));
         assert!(reg.put_registration(b"{\"id\": 1}").is_err());
+        // Named by key: the catalog read first, or after the node that names it.
+        let list = serde_json::to_vec(&record("x", &["sleep", "echo"]).actions).unwrap();
+        let mut named = record("named", &[]);
+        named.catalog = Some("catalog.abc".into());
+        reg.put_catalog("catalog.abc", &list).unwrap();
+        reg.put_registration(&serde_json::to_vec(&named).unwrap()).unwrap();
+        assert!(reg.offers("named", "sleep"));
+        let mut early = record("early", &[]);
+        early.catalog = Some("catalog.def".into());
+        reg.put_registration(&serde_json::to_vec(&early).unwrap()).unwrap();
+        assert!(!reg.offers("early", "sleep"));
+        reg.put_catalog("catalog.def", &list).unwrap();
+        assert!(reg.offers("early", "sleep"));
+        assert_eq!(reg.record("early").map(|r| r.actions.len()), Some(2));
+        reg.remove("named");
+        reg.remove("early");
         assert_eq!(reg.record("n7"), Some(record("n7", &["echo", "shell"])));
         assert!(reg.offers("n7", "shell") && !reg.offers("odd", "shell"));
         assert_eq!(reg.offered_by().get("shell"), Some(&101));
@@ -403,6 +456,7 @@ mod tests {
         // A list no node offers any more is dropped when another one arrives.
         reg.put_record(record("odd", &["echo", "shell"]));
         reg.put_record(record("other", &["sleep"]));
-        assert_eq!(reg.read().catalogs.len(), 2);
+        // Left: ["echo", "shell"], ["sleep"], and the stored catalog, which stays.
+        assert_eq!(reg.read().catalogs.len(), 3);
     }
 }

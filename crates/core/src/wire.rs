@@ -320,9 +320,23 @@ pub struct NodeRecord {
     #[serde(default)]
     pub groups: Vec<String>,
     pub facts: NodeFacts,
+    /// The actions it offers, inline; empty when `catalog` names them instead.
+    #[serde(default)]
     pub actions: Vec<ActionOffer>,
+    /// The key (in the same bucket) of the action list it offers, stored once for every
+    /// node that offers the same: see [`catalog_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
     /// How often the agent heartbeats.
     pub heartbeat_ms: u64,
+}
+
+/// Keys of action catalogs in the nodes bucket start with this (node ids have no dot).
+pub const CATALOG_KEY_PREFIX: &str = "catalog.";
+
+/// Whether a nodes-bucket key holds an action catalog rather than a node.
+pub fn is_catalog_key(key: &str) -> bool {
+    key.starts_with(CATALOG_KEY_PREFIX)
 }
 
 /// An agent publishes every heartbeat on `<prefix>.hb.<node>` (core NATS: cheap, not
