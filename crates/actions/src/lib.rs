@@ -332,15 +332,7 @@ pub async fn run_action(
     params: Value,
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
-    let act = preflight(registry, action, &params, ctx)?;
-    let generated;
-    let schema = match registry.schema(action) {
-        Some(s) => s,
-        None => {
-            generated = act.params_schema();
-            &generated
-        }
-    };
+    let (act, schema) = preflight(registry, action, &params, ctx)?;
     let secrets = redact::secret_values(schema, &params);
     tracing::info!(
         action,
@@ -365,15 +357,7 @@ pub async fn run_rollback(
     metadata: Value,
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
-    let act = preflight(registry, action, &params, ctx)?;
-    let generated;
-    let schema = match registry.schema(action) {
-        Some(s) => s,
-        None => {
-            generated = act.params_schema();
-            &generated
-        }
-    };
+    let (act, schema) = preflight(registry, action, &params, ctx)?;
     let secrets = redact::secret_values(schema, &params);
     tracing::info!(
         action,
@@ -388,13 +372,16 @@ pub async fn run_rollback(
     Ok(finish(action, "rolled back", result, &secrets))
 }
 
-fn preflight(
-    registry: &Registry,
+/// The action and its params schema (made once, with the registry), after the checks.
+fn preflight<'r>(
+    registry: &'r Registry,
     action: &str,
     params: &Value,
     ctx: &ExecContext,
-) -> Result<Arc<dyn Action>, ActionError> {
-    let act = registry.get(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
+) -> Result<(Arc<dyn Action>, &'r Value), ActionError> {
+    let unknown = || ActionError::UnknownAction(action.to_string());
+    let act = registry.get(action).ok_or_else(unknown)?;
+    let schema = registry.schema(action).ok_or_else(unknown)?;
     ctx.policy.check_action(action)?;
     registry.validate_params(action, params).map_err(ActionError::InvalidParams)?;
     for path in act.paths(params) {
@@ -403,7 +390,7 @@ fn preflight(
     if ctx.dry_run && !act.dry_run() {
         return Err(ActionError::DryRunUnsupported(action.to_string()));
     }
-    Ok(act)
+    Ok((act, schema))
 }
 
 fn finish(action: &str, verb: &str, mut result: ExecResult, secrets: &[String]) -> ExecResult {
