@@ -84,6 +84,8 @@ pub struct Topology {
     pub nodes: kv::Store,
     pub heartbeats: kv::Store,
     pub jobs: kv::Store,
+    /// The controllers' lease: who leads, under which fencing epoch.
+    pub leases: kv::Store,
     /// Whole step results too large for one message (see `StepResult::full_output`).
     pub outputs: object_store::ObjectStore,
 }
@@ -128,6 +130,7 @@ pub async fn ensure_topology(
     let jobs =
         ensure_kv(&js, kv::Config { max_age: cfg.events_max_age, ..bucket(names.jobs_bucket(), "drover job records") })
             .await?;
+    let leases = ensure_kv(&js, bucket(names.leases_bucket(), "drover controller lease")).await?;
     let outputs_name = names.outputs_bucket();
     let outputs = match js.get_object_store(&outputs_name).await {
         Ok(store) => store,
@@ -149,7 +152,7 @@ pub async fn ensure_topology(
             }
         }
     };
-    Ok(Topology { names: names.clone(), js, nodes, heartbeats, jobs, outputs })
+    Ok(Topology { names: names.clone(), js, nodes, heartbeats, jobs, leases, outputs })
 }
 
 async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, BusError> {
@@ -201,13 +204,27 @@ pub async fn request_json<Q: Serialize, R: DeserializeOwned>(
 /// Every message of a stream whose subject matches `filter` (wildcards allowed), oldest
 /// first, as (subject, payload): what was stored when the read began.
 pub async fn read_all(js: &jetstream::Context, stream: &str, filter: &str) -> Result<Vec<(String, Bytes)>, BusError> {
+    read_all_of(js, stream, &[filter.to_string()]).await
+}
+
+/// Every message of a stream whose subject matches one of `filters`, in stream order.
+pub async fn read_all_of(
+    js: &jetstream::Context,
+    stream: &str,
+    filters: &[String],
+) -> Result<Vec<(String, Bytes)>, BusError> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures::StreamExt;
-    let what = || format!("reading {filter} from {stream}");
+    let what = || format!("reading {} from {stream}", filters.join(", "));
     let stream_handle = js.get_stream(stream).await.map_err(|e| BusError::js(what(), e))?;
+    let (filter_subject, filter_subjects) = match filters {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
     let mut consumer = stream_handle
         .create_consumer(OrderedConfig {
-            filter_subject: filter.to_string(),
+            filter_subject,
+            filter_subjects,
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })

@@ -1,7 +1,8 @@
 //! The REST API under `/v1` (JSON), Server-Sent Events for progress, `/metrics`.
 
+use crate::forward::{Answer, Ask, Link};
 use crate::registry::Registry;
-use crate::runtime::{Input, Refusal, Submitted};
+use crate::runtime::{Refusal, Submitted};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -19,12 +20,13 @@ use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub tx: mpsc::Sender<Input>,
+    /// The local runtime while this controller leads.
+    pub link: Link,
+    pub role: crate::Role,
     pub registry: Registry,
     pub topo: Topology,
     pub metrics: crate::metrics::Metrics,
@@ -60,15 +62,21 @@ impl From<Refusal> for ApiFailure {
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
-/// Ask the runtime and wait for its answer.
-async fn ask<T>(state: &AppState, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> ApiResult<T> {
-    let (tx, rx) = oneshot::channel();
-    state
-        .tx
-        .send(make(tx))
-        .await
-        .map_err(|_| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is shutting down"))?;
-    rx.await.map_err(|_| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is shutting down"))
+/// Ask the jobs' runtime: this controller's own while it leads, the leader's otherwise.
+async fn ask(state: &AppState, ask: Ask) -> ApiResult<Answer> {
+    let answer = match state.link.get() {
+        Some(tx) => crate::forward::local(&tx, ask).await,
+        None => crate::forward::remote(&state.topo.js.client(), &state.topo.names, &ask).await,
+    };
+    match answer {
+        Answer::Refused(r) => Err(r.into()),
+        a => Ok(a),
+    }
+}
+
+fn unexpected(a: Answer) -> ApiFailure {
+    tracing::error!("unexpected answer from the runtime: {a:?}");
+    ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer from the leading controller")
 }
 
 pub fn router(state: AppState) -> axum::Router {
@@ -111,7 +119,10 @@ async fn create_job(
     } else {
         Format::Auto
     };
-    let r = ask(&s, |reply| Input::Submit { text, format, dry_run: q.dry_run, reply }).await?;
+    let r = match ask(&s, Ask::Submit { text, format, dry_run: q.dry_run }).await? {
+        Answer::Submitted(r) => r,
+        other => return Err(unexpected(other)),
+    };
     match r? {
         Submitted::Job(view) => Ok((StatusCode::CREATED, Json(*view)).into_response()),
         Submitted::Preview(p) => Ok((StatusCode::OK, Json(p)).into_response()),
@@ -136,8 +147,10 @@ async fn list_jobs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Api
         })?),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let list = ask(&s, |reply| Input::List { status, limit, after: q.after, reply }).await?;
-    Ok(Json(list).into_response())
+    match ask(&s, Ask::List { status, limit, after: q.after }).await? {
+        Answer::List(list) => Ok(Json(list).into_response()),
+        other => Err(unexpected(other)),
+    }
 }
 
 async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -145,22 +158,29 @@ async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
     v.map(|v| Json(v).into_response()).ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no job {id}")))
 }
 
-/// A job's view: from the runtime, or, for a job finished long ago that the runtime no
-/// longer holds, rebuilt from its journal.
+/// A job's view: from the leader's runtime, or, for a job finished long ago that the
+/// runtime no longer holds (or while no controller leads), rebuilt from its journal.
 async fn view_of(s: &AppState, id: &str) -> ApiResult<Option<JobView>> {
-    if let Some(v) = ask(s, |reply| Input::Get { job: id.to_string(), reply }).await? {
-        return Ok(Some(v));
-    }
-    Ok(archived(s, id).await?.map(|r| crate::runtime::job_view(&r.job, r.created_at_ms, None)))
+    let rebuilt = match ask(s, Ask::Get { job: id.to_string() }).await {
+        Ok(Answer::View(Some(v))) => return Ok(Some(*v)),
+        Ok(Answer::View(None)) => archived(s, id, true).await?,
+        Ok(other) => return Err(unexpected(other)),
+        Err(_) if s.link.get().is_none() => archived(s, id, false).await?,
+        Err(e) => return Err(e),
+    };
+    Ok(rebuilt.map(|r| crate::runtime::job_view(&r.job, r.created_at_ms, None)))
 }
 
-/// Rebuild a job that is not in memory from its journal (read only).
-async fn archived(s: &AppState, id: &str) -> ApiResult<Option<crate::recovery::Rebuilt>> {
+/// Rebuild a job from its journal (read only): one the runtime no longer holds
+/// (`finished_only`), or, while no controller leads, any job as its journal has it.
+async fn archived(s: &AppState, id: &str, finished_only: bool) -> ApiResult<Option<crate::recovery::Rebuilt>> {
     if drover_core::wire::check_id("job", id).is_err() {
         return Ok(None);
     }
     let names = &s.topo.names;
-    let lines = drover_bus::read_all(&s.topo.js, &names.events_stream(), &names.job_inputs(id))
+    // With the takeover lines, so that lines a deposed leader wrote are left out.
+    let filters = [names.job_inputs(id), names.fence()];
+    let lines = drover_bus::read_all_of(&s.topo.js, &names.events_stream(), &filters)
         .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading the journal: {e}")))?;
     let mut problems = crate::recovery::Problems::default();
@@ -168,13 +188,17 @@ async fn archived(s: &AppState, id: &str) -> ApiResult<Option<crate::recovery::R
     for p in problems.0 {
         tracing::warn!("rebuilding an archived job: {p}");
     }
-    Ok(rebuilt.pop().filter(|r| r.job.status().is_final()))
+    Ok(rebuilt.pop().filter(|r| !finished_only || r.job.status().is_final()))
 }
 
 async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String, String)>) -> ApiResult<Response> {
-    let steps = match ask(&s, |reply| Input::NodeSteps { job: id.clone(), node: node.clone(), reply }).await? {
-        Some(in_memory) => in_memory,
-        None => archived(&s, &id).await?.and_then(|r| crate::runtime::node_steps(&r.job, &node)),
+    let from_journal = |r: Option<crate::recovery::Rebuilt>| r.and_then(|r| crate::runtime::node_steps(&r.job, &node));
+    let steps = match ask(&s, Ask::NodeSteps { job: id.clone(), node: node.clone() }).await {
+        Ok(Answer::NodeSteps(Some(in_memory))) => in_memory,
+        Ok(Answer::NodeSteps(None)) => from_journal(archived(&s, &id, true).await?),
+        Ok(other) => return Err(unexpected(other)),
+        Err(_) if s.link.get().is_none() => from_journal(archived(&s, &id, false).await?),
+        Err(e) => return Err(e),
     };
     let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
     // Published results and the records of those returned in replies.
@@ -340,9 +364,12 @@ async fn operate(State(s): State<AppState>, Path((id, op)): Path<(String, String
         )
     })?;
     let name = event.name();
-    let r = ask(&s, |reply| Input::Operator { job: id.clone(), event, reply }).await?;
+    let r = match ask(&s, Ask::Operator { job: id.clone(), event }).await? {
+        Answer::Operated(r) => r,
+        other => return Err(unexpected(other)),
+    };
     if let Err(Refusal::NotFound(_)) = &r
-        && let Some(old) = archived(&s, &id).await?
+        && let Some(old) = archived(&s, &id, true).await?
     {
         // Finished long ago and no longer in memory: as for any finished job, a conflict.
         let status = old.job.status();
@@ -351,8 +378,19 @@ async fn operate(State(s): State<AppState>, Path((id, op)): Path<(String, String
     Ok(Json(r?).into_response())
 }
 
+/// Which job holds each busy node (empty while no controller leads: nodes are shown
+/// without it).
+async fn busy(s: &AppState) -> ApiResult<std::collections::BTreeMap<String, String>> {
+    match ask(s, Ask::Busy).await {
+        Ok(Answer::Busy(b)) => Ok(b),
+        Ok(other) => Err(unexpected(other)),
+        Err(_) if s.link.get().is_none() => Ok(Default::default()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn list_nodes(State(s): State<AppState>) -> ApiResult<Response> {
-    let busy = ask(&s, |reply| Input::Busy { reply }).await?;
+    let busy = busy(&s).await?;
     let now = now_ms();
     let mut nodes: Vec<_> =
         s.registry.ids().into_iter().filter_map(|id| s.registry.view(&id, now, busy.get(&id).cloned())).collect();
@@ -362,7 +400,7 @@ async fn list_nodes(State(s): State<AppState>) -> ApiResult<Response> {
 }
 
 async fn get_node(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let busy = ask(&s, |reply| Input::Busy { reply }).await?;
+    let busy = busy(&s).await?;
     let view = s
         .registry
         .view(&id, now_ms(), busy.get(&id).cloned())
@@ -386,19 +424,27 @@ async fn list_actions(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(json!({ "actions": actions })).into_response())
 }
 
-fn health_body(status: &str, detail: Option<String>) -> Health {
-    Health { status: status.into(), detail, version: env!("CARGO_PKG_VERSION").into() }
+fn health_body(s: &AppState, status: &str, detail: Option<String>) -> Health {
+    let role = s.role.get();
+    Health {
+        status: status.into(),
+        detail,
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: Some(if role.leading { "leader" } else { "standby" }.into()),
+        leader: role.leader,
+        epoch: Some(role.epoch),
+    }
 }
 
-async fn health() -> Json<Health> {
-    Json(health_body("ok", None))
+async fn health(State(s): State<AppState>) -> Json<Health> {
+    Json(health_body(&s, "ok", None))
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
     let connected = matches!(s.topo.js.client().connection_state(), async_nats::connection::State::Connected);
     let loaded = s.registry.loaded();
     if s.ready.load(std::sync::atomic::Ordering::Relaxed) && connected && loaded {
-        Json(health_body("ready", Some(format!("{} nodes registered", s.registry.len())))).into_response()
+        Json(health_body(&s, "ready", Some(format!("{} nodes registered", s.registry.len())))).into_response()
     } else {
         let why = if !connected {
             "not connected to NATS"
@@ -407,7 +453,7 @@ async fn ready(State(s): State<AppState>) -> Response {
         } else {
             "starting"
         };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(health_body("not_ready", Some(why.into())))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(health_body(&s, "not_ready", Some(why.into())))).into_response()
     }
 }
 

@@ -10,6 +10,11 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub names: Names,
+    /// This controller's name in the lease (unique among the controllers of a prefix; a
+    /// controller restarted under the same id takes its lease back at once).
+    pub id: String,
+    /// How long a leader may go unheard before another controller takes over.
+    pub lease_ttl: Duration,
     /// Where the REST API listens.
     pub api_addr: SocketAddr,
     /// Jobs running at once; more wait in the queue.
@@ -33,6 +38,8 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             names: Names::default(),
+            id: default_id(),
+            lease_ttl: Duration::from_secs(5),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             max_running: 16,
             max_pending: 256,
@@ -44,4 +51,14 @@ impl Default for ControllerConfig {
             retain_finished: 1000,
         }
     }
+}
+
+/// The host's name (one controller per host needs no `--id`), or `controller`.
+pub fn default_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "controller".into())
 }

@@ -22,6 +22,11 @@ pub struct Metrics {
     pub jobs_finished: Family<StatusLabel, Counter>,
     pub jobs_running: Gauge,
     pub jobs_queued: Gauge,
+    /// 1 while this controller holds the lease.
+    pub leader: Gauge,
+    /// The lease epoch this controller last saw or took.
+    pub lease_epoch: Gauge,
+    pub takeovers: Counter,
     pub commands: Counter,
     pub results: Counter,
     pub nodes: Gauge,
@@ -39,6 +44,9 @@ impl Metrics {
             jobs_finished: Family::default(),
             jobs_running: Gauge::default(),
             jobs_queued: Gauge::default(),
+            leader: Gauge::default(),
+            lease_epoch: Gauge::default(),
+            takeovers: Counter::default(),
             commands: Counter::default(),
             results: Counter::default(),
             nodes: Gauge::default(),
@@ -48,6 +56,9 @@ impl Metrics {
         registry.register("jobs_finished", "Jobs finished, by final status", m.jobs_finished.clone());
         registry.register("jobs_running", "Jobs running now", m.jobs_running.clone());
         registry.register("jobs_queued", "Jobs waiting to start", m.jobs_queued.clone());
+        registry.register("leader", "1 while this controller holds the lease and runs the jobs", m.leader.clone());
+        registry.register("lease_epoch", "The lease epoch this controller last saw or took", m.lease_epoch.clone());
+        registry.register("lease_takeovers", "Times this controller took the lead", m.takeovers.clone());
         registry.register("commands_sent", "Commands sent to agents", m.commands.clone());
         registry.register("results_received", "Step results consumed", m.results.clone());
         registry.register("nodes_registered", "Nodes in the registry", m.nodes.clone());

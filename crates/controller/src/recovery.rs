@@ -7,6 +7,11 @@
 //! what the runtime needs to carry on: the timers still pending (with their original
 //! times) and the progress events, so that any the dead controller journaled but had not
 //! yet published can be published now.
+//!
+//! With several controllers, the lines are read together with the takeover lines of the
+//! lease ([`Names::fence`]), in stream order: a line written under an older epoch than a
+//! takeover before it came from a deposed leader that had not noticed yet, and is left
+//! out, so that the new leader and every later replay agree on what happened.
 
 use crate::runtime::JournalEntry;
 use bytes::Bytes;
@@ -46,11 +51,27 @@ pub fn rebuild(names: &Names, lines: Vec<(String, Bytes)>, problems: &mut Proble
     // Group by job, keeping the order in which jobs first appear (their submission order).
     let mut order: Vec<String> = Vec::new();
     let mut by_job: BTreeMap<String, Vec<JournalEntry>> = BTreeMap::new();
+    let fence_subject = names.fence();
+    let mut fence = 0u64;
+    let mut fenced: BTreeMap<(String, u64), usize> = BTreeMap::new();
     for (subject, payload) in lines {
+        if subject == fence_subject {
+            for line in split_lines(&payload) {
+                match serde_json::from_slice::<JournalEntry>(line) {
+                    Ok(JournalEntry::Takeover { epoch, .. }) => fence = fence.max(epoch),
+                    Ok(_) => problems.0.push("a job line on the lease's subject was ignored".into()),
+                    Err(e) => problems.0.push(format!("unreadable takeover line skipped: {e}")),
+                }
+            }
+            continue;
+        }
         let Some(job) = names.inputs_job(&subject) else { continue };
         // A message holds one round's lines of the job (one per line).
         for line in split_lines(&payload) {
             match serde_json::from_slice::<JournalEntry>(line) {
+                Ok(entry) if entry.epoch() < fence => {
+                    *fenced.entry((job.to_string(), entry.epoch())).or_default() += 1;
+                }
                 Ok(entry) => {
                     if !by_job.contains_key(job) {
                         order.push(job.to_string());
@@ -60,6 +81,11 @@ pub fn rebuild(names: &Names, lines: Vec<(String, Bytes)>, problems: &mut Proble
                 Err(e) => problems.0.push(format!("job {job}: unreadable journal line skipped: {e}")),
             }
         }
+    }
+    for ((job, epoch), n) in fenced {
+        problems.0.push(format!(
+            "job {job}: {n} line(s) of epoch {epoch} written after a newer controller took over were left out"
+        ));
     }
     let mut out = Vec::with_capacity(order.len());
     for id in order {
@@ -86,7 +112,8 @@ fn replay(id: &str, entries: Vec<JournalEntry>, problems: &mut Problems) -> Opti
                     problems.0.push(format!("job {id}: a second spec line was ignored"));
                 }
             }
-            JournalEntry::Input { n, event, now } => inputs_in.push((n, event, now)),
+            JournalEntry::Input { n, event, now, .. } => inputs_in.push((n, event, now)),
+            JournalEntry::Takeover { .. } => {}
         }
     }
     let Some((spec, created_at_ms, engine)) = spec_line else {
@@ -203,7 +230,7 @@ mod tests {
     }
 
     fn input(n: u64, event: Event, now: Millis) -> JournalEntry {
-        JournalEntry::Input { n, event, now }
+        JournalEntry::Input { n, event, now, epoch: 1 }
     }
 
     fn result(node: &str, step: usize) -> Event {
@@ -306,6 +333,41 @@ mod tests {
         assert_eq!(r.job.report().nodes["n1"].outcome, drover_core::engine::NodeOutcome::Succeeded);
         // n2 got its first command and has not finished: it is watched again.
         assert_eq!(r.active_nodes.iter().map(String::as_str).collect::<Vec<_>>(), ["n2"]);
+    }
+
+    #[test]
+    fn lines_of_a_deposed_leader_after_a_takeover_are_left_out() {
+        let names = Names::default();
+        let fence = |epoch| {
+            let t = JournalEntry::Takeover { epoch, owner: "b".into(), at_ms: 0 };
+            (names.fence(), Bytes::from(serde_json::to_vec(&t).unwrap()))
+        };
+        let at = |n, event, epoch| line(&names, "j", &JournalEntry::Input { n, event, now: 10 * n, epoch });
+        let lines = vec![
+            fence(1),
+            line(&names, "j", &spec_line("j")),
+            at(1, Event::Start, 1),
+            // Epoch 1 made n1's first step durable before epoch 2 took over: kept.
+            at(2, result("n1", 0), 1),
+            fence(2),
+            // Epoch 1 had not noticed: its next line is not part of the job.
+            at(3, result("n1", 1), 1),
+            // Epoch 2's own line with the same number is.
+            at(3, Event::Pause, 2),
+        ];
+        let mut problems = Problems::default();
+        let r = rebuild(&names, lines, &mut problems).remove(0);
+        assert_eq!(r.inputs, 3);
+        assert_eq!(r.job.status(), JobStatus::Paused);
+        let n1 = &r.job.report().nodes["n1"];
+        assert_eq!(n1.steps[1].attempts, 1, "step b was dispatched, its result fenced out: {n1:?}");
+        assert_eq!(n1.outcome, drover_core::engine::NodeOutcome::Running);
+        let text = problems.0.join("\n");
+        assert!(text.contains("job j: 1 line(s) of epoch 1 written after a newer controller took over"), "{text}");
+        // Lines written before any lease (no epoch field) count as epoch 1.
+        let old: JournalEntry =
+            serde_json::from_str(r#"{"type":"input","n":1,"event":{"type":"start"},"now":5}"#).unwrap();
+        assert_eq!(old.epoch(), 1);
     }
 
     #[test]

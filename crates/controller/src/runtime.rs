@@ -6,6 +6,7 @@
 
 use crate::config::ControllerConfig;
 use crate::dispatch;
+use crate::lease::Term;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use async_nats::jetstream;
@@ -24,7 +25,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Why an API request failed, mapped to an HTTP status by the API layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "refusal", content = "detail", rename_all = "snake_case")]
 pub enum Refusal {
     Invalid(String, Vec<String>),
     NotFound(String),
@@ -34,6 +36,8 @@ pub enum Refusal {
 }
 
 /// What a submission produced.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Submitted {
     Job(Box<JobView>),
     Preview(PlanPreview),
@@ -123,6 +127,7 @@ pub struct Recovery {
 }
 
 /// A node's steps in a job, for `GET /v1/jobs/{id}/nodes/{node}`.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NodeSteps {
     pub report: drover_core::engine::NodeReport,
     pub actions: Vec<String>,
@@ -162,8 +167,36 @@ pub enum JournalEntry {
         engine: EngineConfig,
     },
     /// An engine input with the time it was applied; `n` counts a job's inputs from 1,
-    /// so a replay can drop a line written twice and keep the order.
-    Input { n: u64, event: Event, now: Millis },
+    /// so a replay can drop a line written twice and keep the order. `epoch`: the lease
+    /// term of the controller that wrote it (1 for lines written before leases).
+    Input {
+        n: u64,
+        event: Event,
+        now: Millis,
+        #[serde(default = "first_epoch")]
+        epoch: u64,
+    },
+    /// A controller took the lead under `epoch` (on [`Names::fence`], never a job's
+    /// subject): every later line of an older epoch was written by a deposed leader and
+    /// is ignored by replay.
+    ///
+    /// [`Names::fence`]: drover_core::wire::Names::fence
+    Takeover { epoch: u64, owner: String, at_ms: u64 },
+}
+
+fn first_epoch() -> u64 {
+    1
+}
+
+impl JournalEntry {
+    /// The lease term that wrote this line.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            JournalEntry::Spec { epoch, .. }
+            | JournalEntry::Input { epoch, .. }
+            | JournalEntry::Takeover { epoch, .. } => *epoch,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +261,9 @@ pub struct Runtime {
     order: Vec<String>,
     queue: VecDeque<String>,
     locks: BTreeMap<String, String>,
-    epoch: u64,
+    /// This controller's lease term: its epoch goes on every command and journal line,
+    /// and nothing is made durable or acted on once it is no longer valid.
+    term: Term,
     /// Finished jobs still held in memory, oldest first (at most `cfg.retain_finished`).
     finished: VecDeque<String>,
 }
@@ -241,6 +276,7 @@ impl Runtime {
         registry: Registry,
         metrics: Metrics,
         tx: mpsc::Sender<Input>,
+        term: Term,
     ) -> Runtime {
         Runtime {
             cfg,
@@ -253,7 +289,7 @@ impl Runtime {
             order: Vec::new(),
             queue: VecDeque::new(),
             locks: BTreeMap::new(),
-            epoch: 1,
+            term,
             finished: VecDeque::new(),
         }
     }
@@ -273,12 +309,32 @@ impl Runtime {
             }
             let t0 = std::time::Instant::now();
             let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
-            self.commit(round).await;
+            if !self.commit(round).await {
+                // Deposed: the round is dropped unwritten and its callers get no answer
+                // (the API tells them to retry); the new leader carries on from the journal.
+                return;
+            }
             tracing::debug!(journal = nj, commands = nc, acks = na, took_us = t0.elapsed().as_micros() as u64, "round");
             for r in replies {
                 r(&self);
             }
         }
+    }
+
+    /// Write this term's takeover line to the journal (and wait until it is stored):
+    /// every line a deposed leader writes after it is ignored by replay.
+    async fn fence(&self) -> Result<(), drover_bus::BusError> {
+        let line = JournalEntry::Takeover { epoch: self.term.epoch, owner: self.cfg.id.clone(), at_ms: now_ms() };
+        let bytes = serde_json::to_vec(&line).unwrap_or_default();
+        let subject = self.topo.names.fence();
+        let ack = self
+            .topo
+            .js
+            .publish(subject.clone(), bytes.into())
+            .await
+            .map_err(|e| drover_bus::BusError::Publish { subject: subject.clone(), message: e.to_string() })?;
+        ack.await.map_err(|e| drover_bus::BusError::Publish { subject, message: e.to_string() })?;
+        Ok(())
     }
 
     /// Rebuild every job from the journal (after a restart or a crash) and carry on where
@@ -288,6 +344,7 @@ impl Runtime {
     /// not published is published, and queued jobs start when they can.
     pub async fn recover(&mut self) -> Result<Recovery, drover_bus::BusError> {
         let started = std::time::Instant::now();
+        self.fence().await?;
         let names = self.topo.names.clone();
         let lines = drover_bus::read_all(&self.topo.js, &names.events_stream(), &names.all_job_inputs()).await?;
         let read = lines.len();
@@ -358,7 +415,12 @@ impl Runtime {
             }
         }
         self.start_queued(now, &mut round);
-        self.commit(round).await;
+        if !self.commit(round).await {
+            return Err(drover_bus::BusError::JetStream {
+                what: "recovery".into(),
+                message: "the lease was lost while recovering".into(),
+            });
+        }
         report.took = started.elapsed();
         if report.lines > 0 {
             tracing::info!(
@@ -595,7 +657,7 @@ impl Runtime {
         let line = JournalEntry::Spec {
             spec: Box::new(spec.clone()),
             created_at_ms: now,
-            epoch: self.epoch,
+            epoch: self.term.epoch,
             engine: self.cfg.engine,
         };
         match serde_json::to_vec(&line) {
@@ -737,7 +799,13 @@ impl Runtime {
         round: &mut Round,
     ) -> Result<(), drover_core::engine::Rejected> {
         let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
-        let journal = serde_json::to_vec(&JournalEntry::Input { n: entry.inputs + 1, event: event.clone(), now }).ok();
+        let journal = serde_json::to_vec(&JournalEntry::Input {
+            n: entry.inputs + 1,
+            event: event.clone(),
+            now,
+            epoch: self.term.epoch,
+        })
+        .ok();
         let t = std::time::Instant::now();
         let decided = entry.job.handle(event, now);
         self.metrics.engine_seconds.inc_by(t.elapsed().as_secs_f64());
@@ -754,7 +822,7 @@ impl Runtime {
     /// Turn a job's engine actions into the round's commands, timers and journal lines.
     fn perform(&mut self, id: &str, actions: Vec<Action>, now: u64, round: &mut Round) {
         let names = self.topo.names.clone();
-        let epoch = self.epoch;
+        let epoch = self.term.epoch;
         let Some(entry) = self.jobs.get_mut(id) else { return };
         for a in actions {
             match a {
@@ -824,10 +892,16 @@ impl Runtime {
         }
     }
 
-    /// Make the round durable, then act on it.
-    async fn commit(&mut self, mut round: Round) {
+    /// Make the round durable, then act on it. `false`: this controller no longer leads,
+    /// and nothing of the round was written or done.
+    async fn commit(&mut self, mut round: Round) -> bool {
+        if !self.term.valid() {
+            return self.deposed();
+        }
         // 1. Journal and progress, all published at once, then every ack awaited.
-        write_all(&self.topo.js, std::mem::take(&mut round.journal)).await;
+        if !write_all(&self.topo.js, std::mem::take(&mut round.journal), &self.term).await {
+            return self.deposed();
+        }
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
         //    of journal writes); a job that finishes as it starts releases them in turn.
         let mut finished = std::mem::take(&mut round.finished);
@@ -844,34 +918,37 @@ impl Runtime {
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
-            write_all(&self.topo.js, std::mem::take(&mut next.journal)).await;
+            if !write_all(&self.topo.js, std::mem::take(&mut next.journal), &self.term).await {
+                return self.deposed();
+            }
             round.commands.extend(next.commands);
             round.cancels.extend(next.cancels);
             round.timers.extend(next.timers);
             round.summaries.extend(next.summaries);
             finished = next.finished;
         }
-        // 3. Act: commands, cancels, timers.
+        // 3. Act: commands, cancels, timers (deliveries stop when the term ends).
+        let lost = self.term.lost().clone();
         for cmd in round.commands {
             self.metrics.commands.inc();
-            tokio::spawn(dispatch::send_command(
+            tokio::spawn(lost.clone().run_until_cancelled_owned(dispatch::send_command(
                 self.client.clone(),
                 self.topo.names.clone(),
                 cmd,
                 self.tx.clone(),
                 self.cfg.ack_timeout,
                 self.cfg.ack_deadline,
-            ));
+            )));
         }
         for id in round.cancels {
-            tokio::spawn(dispatch::send_cancel(
+            tokio::spawn(lost.clone().run_until_cancelled_owned(dispatch::send_cancel(
                 self.client.clone(),
                 self.topo.names.clone(),
                 id,
-                self.epoch,
+                self.term.epoch,
                 self.cfg.ack_timeout,
                 self.tx.clone(),
-            ));
+            )));
         }
         let now = now_ms();
         for (job, at, timer) in round.timers {
@@ -910,6 +987,14 @@ impl Runtime {
         let running = self.jobs.values().filter(|e| e.stage == Stage::Active).count();
         self.metrics.jobs_running.set(running as i64);
         self.metrics.jobs_queued.set(self.queue.len() as i64);
+        true
+    }
+
+    /// The lease is lost (or ran out while writing): act no more.
+    fn deposed(&self) -> bool {
+        tracing::error!(epoch = self.term.epoch, "the lease is no longer held: stopping without acting");
+        self.term.lose();
+        false
     }
 
     // ----- views ---------------------------------------------------------------------
@@ -994,7 +1079,8 @@ fn command(
 /// (or a few, when a round's lines exceed [`MAX_BATCH_BYTES`]), then wait for every ack;
 /// a message whose ack failed is written again (inputs carry their number and progress
 /// its sequence, so a line that landed twice is harmless on replay and to watchers).
-async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
+/// `false` when the term ended before everything was stored.
+async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term: &Term) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
     let max_payload = match js.client().server_info().max_payload {
         0 => MAX_BATCH_BYTES,
@@ -1025,13 +1111,16 @@ async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>) {
         }
     }
     for (subject, bytes) in failed {
-        publish_retrying(js.clone(), subject, bytes).await;
+        if !publish_retrying(js.clone(), subject, bytes, term).await {
+            return false;
+        }
     }
+    true
 }
 
-/// Publish one journal line, retrying until the stream acknowledges it: the controller
-/// never acts on what is not durable.
-async fn publish_retrying(js: jetstream::Context, subject: String, bytes: Vec<u8>) {
+/// Publish one journal line, retrying until the stream acknowledges it (the controller
+/// never acts on what is not durable) or the lease term ends (`false`).
+async fn publish_retrying(js: jetstream::Context, subject: String, bytes: Vec<u8>, term: &Term) -> bool {
     let payload: bytes::Bytes = bytes.into();
     let mut delay = Duration::from_millis(50);
     loop {
@@ -1040,7 +1129,8 @@ async fn publish_retrying(js: jetstream::Context, subject: String, bytes: Vec<u8
             Err(e) => Err(e.to_string()),
         };
         match r {
-            Ok(()) => return,
+            Ok(()) => return true,
+            Err(_) if !term.valid() => return false,
             Err(e) => {
                 tracing::warn!(%subject, "journal write failed, retrying: {e}");
                 tokio::time::sleep(delay).await;

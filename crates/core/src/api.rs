@@ -140,4 +140,14 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub version: String,
+    /// `leader` (this controller runs the jobs) or `standby` (it serves reads and
+    /// forwards submissions and operator commands to the leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The controller holding the lease, as far as this one knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The lease's fencing epoch (raised at every takeover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }

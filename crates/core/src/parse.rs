@@ -43,7 +43,8 @@ impl fmt::Display for PlanErrors {
 }
 
 /// The text format of a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Format {
     Yaml,
     Json,

@@ -12,6 +12,9 @@ use std::fmt;
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "drover";
 
+/// The key of the controllers' lease in [`Names::leases_bucket`].
+pub const LEASE_KEY: &str = "leader";
+
 /// Subject, stream and bucket names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -77,6 +80,24 @@ impl Names {
     pub fn inputs_job<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let job = subject.strip_prefix(&self.prefix)?.strip_prefix(".event.")?.strip_suffix(".in")?;
         (!job.is_empty() && !job.contains('.')).then_some(job)
+    }
+
+    /// Takeover lines of the controllers' lease: written by a controller as it takes the
+    /// lead, in the journal stream (it matches [`Names::all_job_inputs`], so replay reads
+    /// them in stream order with the jobs' lines, and fences out lines a deposed leader
+    /// wrote after them). Job ids are UUIDs, so `_lease` never names a job.
+    pub fn fence(&self) -> String {
+        format!("{}.event._lease.in", self.prefix)
+    }
+
+    /// Where the leading controller answers API calls forwarded by the others.
+    pub fn ctl_api(&self) -> String {
+        format!("{}.ctl.api", self.prefix)
+    }
+
+    /// KV bucket: the controllers' lease (key [`LEASE_KEY`]).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.prefix.replace('.', "_"))
     }
 
     /// The progress events of a job (what operators watch).

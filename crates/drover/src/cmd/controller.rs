@@ -17,6 +17,15 @@ pub struct ControllerArgs {
     /// Subject prefix shared with the agents.
     #[arg(long, default_value = drover_core::wire::DEFAULT_PREFIX)]
     pub prefix: String,
+    /// This controller's name in the lease: unique among the controllers sharing a
+    /// prefix (default: the host name). Restarted under the same id, it takes its lease
+    /// back at once.
+    #[arg(long, env = "DROVER_CONTROLLER_ID")]
+    pub id: Option<String>,
+    /// How long the leading controller may go unheard before a standby takes over (it
+    /// renews every third of it).
+    #[arg(long, default_value = "5s", value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
     /// Jobs running at once (at least 1); more wait in the queue.
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub max_running: usize,
@@ -44,6 +53,15 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A lease TTL: long enough for a renewal round trip, short enough to take over.
+fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(500) {
+        return Err("must be at least 500ms (the leader renews every third of it)".into());
+    }
+    Ok(d)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     drover_core::Dur::parse(s).map(|d| d.as_std())
 }
@@ -57,8 +75,12 @@ impl ControllerArgs {
             max_pending: self.max_pending,
             heartbeat_timeout: self.heartbeat_timeout,
             retain_finished: self.retain_finished,
+            lease_ttl: self.lease_ttl,
             ..ControllerConfig::default()
         };
+        if let Some(id) = &self.id {
+            cfg.id = id.clone();
+        }
         cfg.topology.replicas = self.replicas;
         cfg
     }

@@ -40,6 +40,8 @@ pub struct Options {
     pub cluster: usize,
     /// The address a single server listens on (default loopback).
     pub nats_host: Option<String>,
+    /// More arguments for a controller process (`--id`, `--lease-ttl`).
+    pub controller_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -60,6 +62,7 @@ impl Default for Options {
             controller_as_process: false,
             cluster: 0,
             nats_host: None,
+            controller_args: Vec::new(),
         }
     }
 }
@@ -94,7 +97,10 @@ impl Fleet {
             http: reqwest::Client::new(),
         };
         if opts.controller_as_process {
-            fleet.spawn_controller().await;
+            let args: Vec<&str> = opts.controller_args.iter().map(String::as_str).collect();
+            let (child, url) = fleet.controller_process(&args).await;
+            fleet.controller_process = Some(child);
+            fleet.url = url;
         } else {
             let client = drover_bus::connect(&fleet.nats_urls, "test-controller").await.expect("connect");
             let controller = drover_controller::start(opts.controller, client).await.expect("controller starts");
@@ -109,28 +115,43 @@ impl Fleet {
         fleet
     }
 
-    /// Start `drover controller` as a child process on a free port and wait until it is ready.
+    /// Start `drover controller` as a child process on a free port and wait until it is
+    /// ready; it becomes the fleet's controller.
     pub async fn spawn_controller(&mut self) {
+        let (child, url) = self.controller_process(&[]).await;
+        self.controller_process = Some(child);
+        self.url = url;
+    }
+
+    /// Start one more `drover controller` process (with `args`) on a free port and wait
+    /// until it is ready; returns it and its URL.
+    // The caller owns the child and kills and waits for it.
+    #[allow(clippy::zombie_processes)]
+    pub async fn controller_process(&self, args: &[&str]) -> (std::process::Child, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let log = std::fs::File::create(self.dir.path().join(format!("controller-{port}.log"))).expect("log file");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
             .args(["controller", "--nats-url", &self.nats_urls, "--heartbeat-timeout", "2s"])
             .args(["--api-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .expect("drover controller starts");
-        self.controller_process = Some(child);
-        self.url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://127.0.0.1:{port}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/v1/ready", self.url)).send().await
+            if let Ok(r) = self.http.get(format!("{url}/v1/ready")).send().await
                 && r.status().is_success()
             {
-                return;
+                return (child, url);
             }
-            assert!(tokio::time::Instant::now() < deadline, "controller process not ready in 15s");
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("controller process not ready in 15s:\n{}", self.controller_logs());
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -1,0 +1,172 @@
+//! What the API asks of the jobs' runtime, as values: answered by the local runtime when
+//! this controller leads, or forwarded over NATS (`<prefix>.ctl.api`) to the one that does.
+
+use crate::runtime::{Input, NodeSteps, Refusal, Submitted};
+use drover_core::api::{JobList, JobView, OperatorReply};
+use drover_core::engine::{Event, JobStatus};
+use drover_core::parse::Format;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// A question for the runtime.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "ask", rename_all = "snake_case")]
+pub enum Ask {
+    Submit { text: String, format: Format, dry_run: bool },
+    Operator { job: String, event: Event },
+    Get { job: String },
+    List { status: Option<JobStatus>, limit: usize, after: Option<String> },
+    NodeSteps { job: String, node: String },
+    Busy,
+}
+
+/// The runtime's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "body", rename_all = "snake_case")]
+pub enum Answer {
+    Submitted(Result<Submitted, Refusal>),
+    Operated(Result<OperatorReply, Refusal>),
+    View(Option<Box<JobView>>),
+    List(JobList),
+    /// `None`: the job is not in memory; `Some(None)`: it is, without that node.
+    NodeSteps(Option<Option<NodeSteps>>),
+    Busy(BTreeMap<String, String>),
+    /// The question could not be asked (unreadable, or the leader is stopping).
+    Refused(Refusal),
+}
+
+/// The local runtime's input channel while this controller leads.
+#[derive(Clone, Default)]
+pub struct Link(Arc<RwLock<Option<mpsc::Sender<Input>>>>);
+
+impl Link {
+    pub fn get(&self) -> Option<mpsc::Sender<Input>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, tx: Option<mpsc::Sender<Input>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = tx;
+    }
+}
+
+fn stopping() -> Refusal {
+    Refusal::Unavailable("the controller is shutting down".into())
+}
+
+/// Ask the local runtime and wait for its answer (after the round's commit).
+pub async fn local(tx: &mpsc::Sender<Input>, ask: Ask) -> Answer {
+    async fn call<T>(tx: &mpsc::Sender<Input>, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+    let answer = match ask {
+        Ask::Submit { text, format, dry_run } => {
+            call(tx, |reply| Input::Submit { text, format, dry_run, reply }).await.map(Answer::Submitted)
+        }
+        Ask::Operator { job, event } => {
+            call(tx, |reply| Input::Operator { job, event, reply }).await.map(Answer::Operated)
+        }
+        Ask::Get { job } => call(tx, |reply| Input::Get { job, reply }).await.map(|v| Answer::View(v.map(Box::new))),
+        Ask::List { status, limit, after } => {
+            call(tx, |reply| Input::List { status, limit, after, reply }).await.map(Answer::List)
+        }
+        Ask::NodeSteps { job, node } => {
+            call(tx, |reply| Input::NodeSteps { job, node, reply }).await.map(Answer::NodeSteps)
+        }
+        Ask::Busy => call(tx, |reply| Input::Busy { reply }).await.map(Answer::Busy),
+    };
+    answer.unwrap_or_else(|| Answer::Refused(stopping()))
+}
+
+/// How long a forwarded question waits for the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Ask the leading controller over NATS.
+pub async fn remote(client: &async_nats::Client, names: &drover_core::wire::Names, ask: &Ask) -> Answer {
+    match drover_bus::request_json::<_, Answer>(client, names.ctl_api(), ask, FORWARD_TIMEOUT).await {
+        Ok(a) => a,
+        Err(e) if e.is_no_responders() => Answer::Refused(Refusal::Unavailable(
+            "no controller leads right now (a takeover waits for the last leader's lease to expire); retry in a \
+             few seconds"
+                .into(),
+        )),
+        Err(e) => Answer::Refused(Refusal::Unavailable(format!("the leading controller did not answer: {e}"))),
+    }
+}
+
+/// Answer forwarded questions from the local runtime until the subscription ends or
+/// `stop` is cancelled. Run by the leader only; the queue group makes sure a question is
+/// answered once even while a deposed leader has not unsubscribed yet.
+pub async fn serve(
+    client: async_nats::Client,
+    subject: String,
+    tx: mpsc::Sender<Input>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut sub = match client.queue_subscribe(subject.clone(), "leader".into()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%subject, "cannot serve forwarded API calls: {e}");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply_to) = msg.reply.clone() else { continue };
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<Ask>(&msg.payload) {
+                Ok(ask) => local(&tx, ask).await,
+                Err(e) => {
+                    Answer::Refused(Refusal::Invalid("unreadable forwarded API call".into(), vec![e.to_string()]))
+                }
+            };
+            match serde_json::to_vec(&answer) {
+                Ok(bytes) => {
+                    if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                        tracing::warn!("answering a forwarded API call: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("encoding an answer: {e}"),
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_and_answers_cross_the_wire_intact() {
+        let asks = [
+            Ask::Submit { text: "name: x".into(), format: Format::Yaml, dry_run: true },
+            Ask::Operator { job: "j".into(), event: Event::Pause },
+            Ask::List { status: Some(JobStatus::Running), limit: 5, after: None },
+            Ask::Busy,
+        ];
+        for a in asks {
+            let back: Ask = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+            assert_eq!(format!("{a:?}"), format!("{back:?}"));
+        }
+        let answers = [
+            Answer::Operated(Err(Refusal::Conflict("cannot pause".into()))),
+            Answer::View(None),
+            Answer::Busy(BTreeMap::from([("n1".into(), "j".into())])),
+            Answer::Refused(Refusal::Invalid("bad".into(), vec!["steps: empty".into()])),
+        ];
+        for a in answers {
+            let back: Answer = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+            assert_eq!(format!("{a:?}"), format!("{back:?}"));
+        }
+    }
+}

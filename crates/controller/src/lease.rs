@@ -1,0 +1,276 @@
+//! The controllers' lease: which controller leads (runs every job) and under which
+//! fencing epoch.
+//!
+//! One key, [`LEASE_KEY`] in `<prefix>_leases`, holds `{owner, epoch, ttl_ms, ...}`. It is
+//! only ever changed by compare-and-set on its revision, so two controllers can never both
+//! win it. Expiry is judged without comparing clocks across machines: a controller that
+//! does not lead remembers when it *first saw* the current revision, on its own monotonic
+//! clock, and may take the lease once that revision has not changed for the holder's
+//! `ttl_ms`. The holder renews every third of the TTL and holds itself valid only until
+//! a quarter of the TTL before the earliest moment anyone could judge it expired (counted
+//! from when it *sent* its last successful renewal), so it stops acting before another
+//! controller can start, as long as clocks run at similar rates. Whatever slips past that
+//! (a process paused for longer than the margin) is caught by the epoch: the new leader's
+//! takeover line fences the stale leader's later journal lines out of every replay, and
+//! agents refuse its commands for jobs they have seen the new epoch for.
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub use drover_core::wire::LEASE_KEY;
+
+/// The lease's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The leading controller, or `None` when the last one released the lease (stopped).
+    pub owner: Option<String>,
+    /// Raised by every takeover; commands and journal lines carry it.
+    pub epoch: u64,
+    /// How long the holder's silence must last before another may take over.
+    pub ttl_ms: u64,
+    /// When it was last written (for people; no decision reads it).
+    pub renewed_at_ms: u64,
+}
+
+/// Why the lease could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another controller changed the lease first.
+    #[error("the lease changed under us (another controller took it)")]
+    Lost,
+    #[error("lease: {0}")]
+    Bus(String),
+}
+
+/// What a controller that does not lead decides at each look at the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Somebody leads and has been heard from recently.
+    Wait,
+    /// Try to take it (by compare-and-set on this revision; `None`: create the key).
+    Take { revision: Option<u64> },
+}
+
+/// The pure rule a follower applies to what it reads from the lease (no I/O, no clock).
+#[derive(Debug, Default)]
+pub struct Observer {
+    /// The revision last seen and when it was first seen.
+    seen: Option<(u64, Instant)>,
+    looked: bool,
+    /// The revision this controller last wrote as leader, after it stepped down.
+    own: Option<u64>,
+}
+
+impl Observer {
+    /// This controller stopped leading; `revision` is the last it wrote. If nobody has
+    /// changed the lease since, it may take it again at once (nobody else acts).
+    pub fn stepped_down(&mut self, revision: u64) {
+        self.own = Some(revision);
+    }
+
+    /// `current`: the lease's revision and value, or `None` when there is none yet.
+    /// A controller restarted under the same id takes its own lease back at its first
+    /// look (its previous process is gone), and one that stepped down takes it back if
+    /// it is still as it left it; otherwise it waits like anyone (two processes wrongly
+    /// given the same id do not take it from each other in turn).
+    pub fn look(&mut self, me: &str, current: Option<(u64, &LeaseRecord)>, now: Instant) -> Verdict {
+        let first = !self.looked;
+        self.looked = true;
+        let Some((revision, rec)) = current else {
+            self.seen = None;
+            return Verdict::Take { revision: None };
+        };
+        let mine = rec.owner.as_deref() == Some(me) && (first || self.own == Some(revision));
+        if rec.owner.is_none() || mine {
+            return Verdict::Take { revision: Some(revision) };
+        }
+        match self.seen {
+            Some((r, since)) if r == revision => {
+                if now.duration_since(since) >= Duration::from_millis(rec.ttl_ms) {
+                    Verdict::Take { revision: Some(revision) }
+                } else {
+                    Verdict::Wait
+                }
+            }
+            _ => {
+                self.seen = Some((revision, now));
+                Verdict::Wait
+            }
+        }
+    }
+}
+
+/// How long a leader may act after sending a renewal that succeeded: three quarters of the
+/// TTL, so it stops a quarter of the TTL before any follower may take over.
+pub fn valid_for(ttl: Duration) -> Duration {
+    ttl - ttl / 4
+}
+
+/// One leadership term: its epoch, until when it may act, and whether it was lost.
+/// Shared by the runtime (which checks it before making a round durable) and the renewer.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub epoch: u64,
+    valid_until: Arc<Mutex<Instant>>,
+    lost: CancellationToken,
+}
+
+impl Term {
+    pub fn new(epoch: u64, valid_until: Instant) -> Term {
+        Term { epoch, valid_until: Arc::new(Mutex::new(valid_until)), lost: CancellationToken::new() }
+    }
+
+    /// Whether this controller may still act as the leader.
+    pub fn valid(&self) -> bool {
+        !self.lost.is_cancelled() && Instant::now() < self.until()
+    }
+
+    fn until(&self) -> Instant {
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    pub fn extend(&self, sent: Instant, ttl: Duration) {
+        let mut until = self.valid_until.lock().unwrap_or_else(|p| p.into_inner());
+        *until = (*until).max(sent + valid_for(ttl));
+    }
+
+    /// The term is over: every task of it stops.
+    pub fn lose(&self) {
+        self.lost.cancel();
+    }
+
+    /// Cancelled when the term is over.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+}
+
+/// The lease in KV, for one controller.
+#[derive(Clone)]
+pub struct Lease {
+    kv: kv::Store,
+    pub me: String,
+    pub ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(kv: kv::Store, me: String, ttl: Duration) -> Lease {
+        Lease { kv, me, ttl }
+    }
+
+    /// The lease's revision and value, or `None` when there is none (or it was deleted).
+    pub async fn read(&self) -> Result<Option<(u64, LeaseRecord)>, LeaseError> {
+        let entry = self.kv.entry(LEASE_KEY).await.map_err(|e| LeaseError::Bus(e.to_string()))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else { return Ok(None) };
+        let rec = serde_json::from_slice(&entry.value)
+            .map_err(|e| LeaseError::Bus(format!("the lease holds something unreadable: {e}")))?;
+        Ok(Some((entry.revision, rec)))
+    }
+
+    fn record(&self, owner: Option<String>, epoch: u64) -> bytes::Bytes {
+        let rec =
+            LeaseRecord { owner, epoch, ttl_ms: self.ttl.as_millis() as u64, renewed_at_ms: drover_bus::now_ms() };
+        serde_json::to_vec(&rec).unwrap_or_default().into()
+    }
+
+    /// Take the lease under `epoch`: create it, or compare-and-set on `revision`. Returns
+    /// the new revision; [`LeaseError::Lost`] when another controller was first.
+    pub async fn take(&self, revision: Option<u64>, epoch: u64) -> Result<u64, LeaseError> {
+        let value = self.record(Some(self.me.clone()), epoch);
+        match revision {
+            None => self.kv.create(LEASE_KEY, value).await.map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => LeaseError::Lost,
+                _ => LeaseError::Bus(e.to_string()),
+            }),
+            Some(r) => self.update(r, value).await,
+        }
+    }
+
+    /// Renew a held lease (same epoch).
+    pub async fn renew(&self, revision: u64, epoch: u64) -> Result<u64, LeaseError> {
+        self.update(revision, self.record(Some(self.me.clone()), epoch)).await
+    }
+
+    /// Give the lease up (keeping its epoch) so that another controller leads at once.
+    pub async fn release(&self, revision: u64, epoch: u64) -> Result<u64, LeaseError> {
+        self.update(revision, self.record(None, epoch)).await
+    }
+
+    async fn update(&self, revision: u64, value: bytes::Bytes) -> Result<u64, LeaseError> {
+        self.kv.update(LEASE_KEY, value, revision).await.map_err(|e| match e.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => LeaseError::Lost,
+            _ => LeaseError::Bus(e.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(owner: &str, ttl_ms: u64) -> LeaseRecord {
+        LeaseRecord { owner: Some(owner.into()), epoch: 3, ttl_ms, renewed_at_ms: 0 }
+    }
+
+    #[test]
+    fn nobody_holding_it_means_take_it() {
+        let t0 = Instant::now();
+        let mut o = Observer::default();
+        assert_eq!(o.look("b", None, t0), Verdict::Take { revision: None });
+        let released = LeaseRecord { owner: None, ..held("a", 1000) };
+        assert_eq!(o.look("b", Some((7, &released)), t0), Verdict::Take { revision: Some(7) });
+    }
+
+    #[test]
+    fn a_holder_is_deposed_only_after_its_ttl_of_silence_seen_locally() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut o = Observer::default();
+        let rec = held("a", 1000);
+        assert_eq!(o.look("b", Some((5, &rec)), t0), Verdict::Wait);
+        assert_eq!(o.look("b", Some((5, &rec)), t0 + ms(999)), Verdict::Wait);
+        // A renewal (new revision) restarts the count from when it is seen.
+        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(999)), Verdict::Wait);
+        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(1998)), Verdict::Wait);
+        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(1999)), Verdict::Take { revision: Some(6) });
+    }
+
+    #[test]
+    fn a_restarted_controller_takes_its_own_lease_back_at_once_but_only_at_first() {
+        let t0 = Instant::now();
+        let rec = held("a", 1000);
+        let mut o = Observer::default();
+        assert_eq!(o.look("a", Some((5, &rec)), t0), Verdict::Take { revision: Some(5) });
+        // Later (it lost the lease to a namesake, say) it waits like anyone.
+        assert_eq!(o.look("a", Some((6, &rec)), t0), Verdict::Wait);
+        // Having stepped down itself (it could not renew in time), it takes the lease
+        // back at once if nobody changed it since its last write.
+        o.stepped_down(9);
+        assert_eq!(o.look("a", Some((9, &rec)), t0), Verdict::Take { revision: Some(9) });
+        assert_eq!(o.look("a", Some((10, &rec)), t0), Verdict::Wait);
+        let mut other = Observer::default();
+        assert_eq!(other.look("b", Some((5, &rec)), t0), Verdict::Wait);
+    }
+
+    #[test]
+    fn a_leader_stops_acting_before_anyone_may_take_over() {
+        let ttl = Duration::from_secs(4);
+        let sent = Instant::now();
+        let term = Term::new(2, sent);
+        assert!(!term.valid());
+        term.extend(sent, ttl);
+        assert!(term.valid());
+        // The follower's count starts no earlier than `sent`: the leader's validity ends
+        // a quarter of the TTL before it.
+        assert_eq!(valid_for(ttl), Duration::from_secs(3));
+        // An older renewal never shortens the term.
+        term.extend(sent - Duration::from_secs(10), ttl);
+        assert!(term.valid());
+        term.lose();
+        assert!(!term.valid());
+    }
+}

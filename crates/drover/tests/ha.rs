@@ -1,0 +1,143 @@
+//! Several controllers on one NATS: one leads (holds the lease and runs every job), the
+//! others serve the API and forward what needs the leader. The leader is killed with
+//! SIGKILL in the middle of a job; a standby takes the lease over once it expires, resumes
+//! the job from the journal, and finishes it. Exactly-once is checked by the side effects:
+//! every step appends a line to a per-node file.
+
+mod common;
+
+use common::{Fleet, Options};
+use drover_core::api::Health;
+use drover_core::engine::JobStatus;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const TTL: &str = "2s";
+
+/// A controller process killed when the test ends, however it ends.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn health(fleet: &Fleet, url: &str) -> Option<Health> {
+    let r = fleet.http.get(format!("{url}/v1/health")).send().await.ok()?;
+    r.json().await.ok()
+}
+
+/// Wait until the controller at `url` reports `role`; returns its health.
+async fn wait_role(fleet: &Fleet, url: &str, role: &str, limit: Duration) -> Health {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(h) = health(fleet, url).await
+            && h.role.as_deref() == Some(role)
+        {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "{url} not {role} within {limit:?}:\n{}", fleet.controller_logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn post(fleet: &Fleet, url: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = fleet
+        .http
+        .post(format!("{url}{path}"))
+        .header("content-type", "application/yaml")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader_and_runs_nothing_twice() {
+    let args = |id: &str| ["--id", id, "--lease-ttl", TTL].iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut fleet = Fleet::start(Options {
+        agents: 6,
+        controller_as_process: true,
+        controller_args: args("a"),
+        ..Options::default()
+    })
+    .await;
+    let a_url = fleet.url.clone();
+    let (b, b_url) = fleet.controller_process(&["--id", "b", "--lease-ttl", TTL]).await;
+    let _b = Proc(b);
+    let a = wait_role(&fleet, &a_url, "leader", Duration::from_secs(5)).await;
+    let standby = wait_role(&fleet, &b_url, "standby", Duration::from_secs(5)).await;
+    assert_eq!(standby.leader.as_deref(), Some("a"));
+
+    let out = fleet.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let plan = format!(
+        r#"name: ha
+targets: {{all: true}}
+rollout: {{strategy: rolling, batch: 2}}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+  - {{name: flaky, action: test.flaky, with: {{fail_times: 1}}, retries: 1, retry_backoff: 200ms}}
+  - {{name: wait, action: sleep, with: {{duration: 500ms}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+        dir = out.display()
+    );
+    // Submitted to the standby: it reaches the leader, which admits and runs it.
+    let (code, v) = post(&fleet, &b_url, "/v1/jobs", &plan).await;
+    assert_eq!(code, 201, "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    // Reads and operator commands through the standby, too.
+    let (code, v) = post(&fleet, &b_url, &format!("/v1/jobs/{id}/pause"), "").await;
+    assert_eq!((code, v["accepted"].as_str()), (200, Some("pause")), "{v}");
+    let seen = fleet.wait_status(&id, &[JobStatus::Paused], LIMIT).await;
+    assert_eq!(seen.report.status, JobStatus::Paused);
+    let via_b: serde_json::Value =
+        fleet.http.get(format!("{b_url}/v1/jobs/{id}")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(via_b["status"], "paused", "{via_b}");
+    let (code, v) = post(&fleet, &b_url, &format!("/v1/jobs/{id}/resume"), "").await;
+    assert_eq!(code, 200, "{v}");
+
+    // The leader dies in the middle of the job (after the first batch).
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let v = fleet.job(&id).await;
+        let done = v.report.counts.get(&drover_core::engine::NodeOutcome::Succeeded).copied().unwrap_or(0);
+        if done >= 2 {
+            assert!(done < 6 && !v.report.status.is_final(), "the job ended before the kill: {:?}", v.report.counts);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first batch did not finish: {:?}", v.report.counts);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fleet.kill_controller();
+    let killed = Instant::now();
+    let b_health = wait_role(&fleet, &b_url, "leader", Duration::from_secs(10)).await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover: the standby led {} ms after the leader was killed (lease TTL {TTL})", takeover.as_millis());
+    assert!(b_health.epoch > a.epoch, "the takeover raised the epoch: {:?} then {:?}", a.epoch, b_health.epoch);
+    assert_eq!(b_health.leader.as_deref(), Some("b"));
+
+    fleet.url = b_url.clone();
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}\n{}", v.report, fleet.controller_logs());
+    for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
+        let lines = std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default();
+        assert_eq!(lines, "first\nlast\n", "side effects on {n}");
+        assert_eq!(v.report.nodes[n].steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
+    }
+
+    // The old leader comes back under its id: the lease is b's now, so it waits as a
+    // standby instead of taking it back.
+    let (a2, a2_url) = fleet.controller_process(&["--id", "a", "--lease-ttl", TTL]).await;
+    let _a2 = Proc(a2);
+    let h = wait_role(&fleet, &a2_url, "standby", Duration::from_secs(5)).await;
+    assert_eq!(h.leader.as_deref(), Some("b"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(health(&fleet, &b_url).await.and_then(|h| h.role), Some("leader".into()));
+    fleet.stop().await;
+}
