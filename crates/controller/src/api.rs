@@ -147,10 +147,45 @@ async fn list_jobs(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Api
         })?),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    match ask(&s, Ask::List { status, limit, after: q.after }).await? {
-        Answer::List(list) => Ok(Json(list).into_response()),
-        other => Err(unexpected(other)),
-    }
+    let list = match ask(&s, Ask::List { status, limit, after: q.after.clone() }).await {
+        Ok(Answer::List(list)) => list,
+        Ok(other) => return Err(unexpected(other)),
+        Err(_) if s.link.get().is_none() => listed_summaries(&s, status, limit, q.after.as_deref()).await?,
+        Err(e) => return Err(e),
+    };
+    Ok(Json(list).into_response())
+}
+
+/// The job listing from the summaries the leader keeps in the jobs bucket (while no
+/// controller leads): newest first, as the leader lists them.
+async fn listed_summaries(
+    s: &AppState,
+    status: Option<JobStatus>,
+    limit: usize,
+    after: Option<&str>,
+) -> ApiResult<drover_core::api::JobList> {
+    use drover_core::api::{JobList, JobSummary};
+    let bucket = s.topo.names.jobs_bucket();
+    let all = drover_bus::read_all(&s.topo.js, &format!("KV_{bucket}"), &format!("$KV.{bucket}.>"))
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading job summaries: {e}")))?;
+    // One summary per job (the bucket keeps the last); deletions have no body.
+    let mut jobs: Vec<JobSummary> =
+        all.iter().filter_map(|(_, body)| serde_json::from_slice::<JobSummary>(body).ok()).collect();
+    // Job ids are UUIDv7: ordered by creation time.
+    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    jobs.dedup_by(|a, b| a.id == b.id);
+    let mut jobs: Vec<JobSummary> = jobs
+        .into_iter()
+        .skip_while(|j| after.is_some_and(|a| j.id.as_str() >= a))
+        .filter(|j| status.is_none_or(|st| st == j.status))
+        .take(limit + 1)
+        .collect();
+    let next = (jobs.len() > limit).then(|| {
+        jobs.truncate(limit);
+        jobs.last().map(|j| j.id.clone())
+    });
+    Ok(JobList { jobs, next: next.flatten() })
 }
 
 async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -91,9 +91,7 @@ pub async fn remote(client: &async_nats::Client, names: &drover_core::wire::Name
     match drover_bus::request_json::<_, Answer>(client, names.ctl_api(), ask, FORWARD_TIMEOUT).await {
         Ok(a) => a,
         Err(e) if e.is_no_responders() => Answer::Refused(Refusal::Unavailable(
-            "no controller leads right now (a takeover waits for the last leader's lease to expire); retry in a \
-             few seconds"
-                .into(),
+            "no controller leads right now: a takeover waits for the last leader's lease to expire".into(),
         )),
         Err(e) => Answer::Refused(Refusal::Unavailable(format!("the leading controller did not answer: {e}"))),
     }

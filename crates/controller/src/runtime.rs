@@ -927,6 +927,11 @@ impl Runtime {
             round.summaries.extend(next.summaries);
             finished = next.finished;
         }
+        // A pause (or a stalled write) may have outlasted the lease: what was written is
+        // in the journal for the next leader, who sends it again; nothing more is done here.
+        if !self.term.valid() {
+            return self.deposed();
+        }
         // 3. Act: commands, cancels, timers (deliveries stop when the term ends).
         let lost = self.term.lost().clone();
         for cmd in round.commands {

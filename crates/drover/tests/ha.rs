@@ -116,6 +116,20 @@ steps:
     }
     fleet.kill_controller();
     let killed = Instant::now();
+    // While nobody leads, the standby still serves reads: the listing from the job
+    // summaries, the job from its journal; a write is refused with a reason.
+    let list: serde_json::Value =
+        fleet.http.get(format!("{b_url}/v1/jobs")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(list["jobs"][0]["id"].as_str(), Some(id.as_str()), "{list}");
+    let job: serde_json::Value =
+        fleet.http.get(format!("{b_url}/v1/jobs/{id}")).send().await.expect("GET").json().await.expect("JSON");
+    assert_eq!(job["job_id"].as_str(), Some(id.as_str()), "{job}");
+    // (A dry run, harmless if the standby has led by then.)
+    let (code, v) = post(&fleet, &b_url, "/v1/jobs?dry_run=true", &plan).await;
+    if killed.elapsed() < Duration::from_millis(800) {
+        assert_eq!(code, 503, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("no controller leads")), "{v}");
+    }
     let b_health = wait_role(&fleet, &b_url, "leader", Duration::from_secs(10)).await;
     let takeover = killed.elapsed();
     eprintln!("takeover: the standby led {} ms after the leader was killed (lease TTL {TTL})", takeover.as_millis());
