@@ -10,8 +10,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub names: Names,
-    /// This controller's name in the lease (unique among the controllers of a prefix; a
-    /// controller restarted under the same id takes its lease back at once).
+    /// This controller's name in the lease and in `/v1/health` (unique among the
+    /// controllers of a prefix).
     pub id: String,
     /// How long a leader may go unheard before another controller takes over.
     pub lease_ttl: Duration,
@@ -39,7 +39,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             names: Names::default(),
             id: default_id(),
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             max_running: 16,
             max_pending: 256,
@@ -53,12 +53,14 @@ impl Default for ControllerConfig {
     }
 }
 
-/// The host's name (one controller per host needs no `--id`), or `controller`.
+/// `<host name>-<process id>`: unique per process, so two controllers never share an id
+/// by default.
 pub fn default_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "controller".into())
+        .unwrap_or_else(|| "controller".into());
+    format!("{host}-{}", std::process::id())
 }

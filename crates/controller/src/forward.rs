@@ -53,8 +53,13 @@ impl Link {
     }
 }
 
+/// The runtime ended without answering: it stopped leading (or shut down) in the middle.
 fn stopping() -> Refusal {
-    Refusal::Unavailable("the controller is shutting down".into())
+    Refusal::Unavailable(
+        "the controller stopped leading before it could answer; what was asked may or may not have been done: check \
+         before retrying"
+            .into(),
+    )
 }
 
 /// Ask the local runtime and wait for its answer (after the round's commit).
@@ -93,30 +98,35 @@ pub async fn remote(client: &async_nats::Client, names: &drover_core::wire::Name
         Err(e) if e.is_no_responders() => Answer::Refused(Refusal::Unavailable(
             "no controller leads right now: a takeover waits for the last leader's lease to expire".into(),
         )),
-        Err(e) => Answer::Refused(Refusal::Unavailable(format!("the leading controller did not answer: {e}"))),
+        // A submission or an operator command may still have been carried out.
+        Err(e) => Answer::Refused(Refusal::Unavailable(format!(
+            "the leading controller did not answer ({e}); what was asked may or may not have been done: check \
+             before retrying"
+        ))),
     }
 }
 
-/// Answer forwarded questions from the local runtime until the subscription ends or
-/// `stop` is cancelled. Run by the leader only; the queue group makes sure a question is
-/// answered once even while a deposed leader has not unsubscribed yet.
+/// Answer forwarded questions from the local runtime while the term lasts (run by the
+/// leader only, on its queue-group subscription to `<prefix>.ctl.api`, so a question is
+/// answered once even while a deposed leader has not unsubscribed yet). A subscription
+/// that ends ends the term: a leader nobody can reach must not go on leading.
 pub async fn serve(
     client: async_nats::Client,
-    subject: String,
+    mut sub: async_nats::Subscriber,
     tx: mpsc::Sender<Input>,
-    stop: tokio_util::sync::CancellationToken,
+    term: crate::lease::Term,
 ) {
-    let mut sub = match client.queue_subscribe(subject.clone(), "leader".into()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%subject, "cannot serve forwarded API calls: {e}");
-            return;
-        }
-    };
     loop {
         let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = sub.next() => match m { Some(m) => m, None => break },
+            _ = term.lost().cancelled() => break,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => {
+                    tracing::error!("the subscription for forwarded API calls ended; giving the lead up");
+                    term.lose();
+                    break;
+                }
+            },
         };
         let Some(reply_to) = msg.reply.clone() else { continue };
         let (client, tx) = (client.clone(), tx.clone());
@@ -127,13 +137,20 @@ pub async fn serve(
                     Answer::Refused(Refusal::Invalid("unreadable forwarded API call".into(), vec![e.to_string()]))
                 }
             };
-            match serde_json::to_vec(&answer) {
-                Ok(bytes) => {
-                    if let Err(e) = client.publish(reply_to, bytes.into()).await {
-                        tracing::warn!("answering a forwarded API call: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!("encoding an answer: {e}"),
+            let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+            let max = client.server_info().max_payload;
+            let bytes = if max > 0 && bytes.len() > max.saturating_sub(1024) {
+                // Too large for one message (a listing or a job of thousands of nodes).
+                let too_big = Answer::Refused(Refusal::Unavailable(format!(
+                    "the answer ({} bytes) is too large to forward; ask the leading controller directly",
+                    bytes.len()
+                )));
+                serde_json::to_vec(&too_big).unwrap_or_default()
+            } else {
+                bytes
+            };
+            if let Err(e) = client.publish(reply_to, bytes.into()).await {
+                tracing::warn!("answering a forwarded API call: {e}");
             }
         });
     }

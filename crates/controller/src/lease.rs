@@ -54,49 +54,51 @@ pub enum Verdict {
     Take { revision: Option<u64> },
 }
 
+/// What identifies one write of the lease: revisions alone restart if the bucket is
+/// recreated.
+type Stamp = (u64, u64, Option<String>);
+
 /// The pure rule a follower applies to what it reads from the lease (no I/O, no clock).
 #[derive(Debug, Default)]
 pub struct Observer {
-    /// The revision last seen and when it was first seen.
-    seen: Option<(u64, Instant)>,
-    looked: bool,
-    /// The revision this controller last wrote as leader, after it stepped down.
-    own: Option<u64>,
+    /// The lease write last seen and when it was first seen.
+    seen: Option<(Stamp, Instant)>,
+    /// The last lease write of this process's own term, after that term ended.
+    own: Option<Stamp>,
 }
 
 impl Observer {
-    /// This controller stopped leading; `revision` is the last it wrote. If nobody has
-    /// changed the lease since, it may take it again at once (nobody else acts).
-    pub fn stepped_down(&mut self, revision: u64) {
-        self.own = Some(revision);
+    /// This process's term ended (it could not renew in time, or could not start);
+    /// `revision` and `epoch` are of the last lease write it made. If nobody has changed
+    /// the lease since, it may take it again at once: nobody else has acted.
+    pub fn stepped_down(&mut self, me: &str, revision: u64, epoch: u64) {
+        self.own = Some((revision, epoch, Some(me.to_string())));
     }
 
     /// `current`: the lease's revision and value, or `None` when there is none yet.
-    /// A controller restarted under the same id takes its own lease back at its first
-    /// look (its previous process is gone), and one that stepped down takes it back if
-    /// it is still as it left it; otherwise it waits like anyone (two processes wrongly
-    /// given the same id do not take it from each other in turn).
-    pub fn look(&mut self, me: &str, current: Option<(u64, &LeaseRecord)>, now: Instant) -> Verdict {
-        let first = !self.looked;
-        self.looked = true;
+    /// A released lease, or one still as this process's own ended term left it, is taken
+    /// at once. Any other holder, this controller's id included (a previous process
+    /// under the same id may still be running), is deposed only after its TTL of
+    /// silence.
+    pub fn look(&mut self, current: Option<(u64, &LeaseRecord)>, now: Instant) -> Verdict {
         let Some((revision, rec)) = current else {
             self.seen = None;
             return Verdict::Take { revision: None };
         };
-        let mine = rec.owner.as_deref() == Some(me) && (first || self.own == Some(revision));
-        if rec.owner.is_none() || mine {
+        let stamp: Stamp = (revision, rec.epoch, rec.owner.clone());
+        if rec.owner.is_none() || self.own.as_ref() == Some(&stamp) {
             return Verdict::Take { revision: Some(revision) };
         }
-        match self.seen {
-            Some((r, since)) if r == revision => {
-                if now.duration_since(since) >= Duration::from_millis(rec.ttl_ms) {
+        match &self.seen {
+            Some((s, since)) if *s == stamp => {
+                if now.duration_since(*since) >= Duration::from_millis(rec.ttl_ms) {
                     Verdict::Take { revision: Some(revision) }
                 } else {
                     Verdict::Wait
                 }
             }
             _ => {
-                self.seen = Some((revision, now));
+                self.seen = Some((stamp, now));
                 Verdict::Wait
             }
         }
@@ -146,6 +148,25 @@ impl Term {
     /// Cancelled when the term is over.
     pub fn lost(&self) -> &CancellationToken {
         &self.lost
+    }
+
+    /// Wait until the term may act: `true` once it is valid (again), `false` once it is
+    /// lost. A term whose renewals are late (NATS overloaded or unreachable) is paused,
+    /// not lost: only a renewal that finds another controller's write ends it, and one
+    /// that succeeds on this term's own last revision proves nobody else has acted.
+    pub async fn usable(&self) -> bool {
+        loop {
+            if self.lost.is_cancelled() {
+                return false;
+            }
+            if self.valid() {
+                return true;
+            }
+            tokio::select! {
+                _ = self.lost.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
     }
 }
 
@@ -220,9 +241,9 @@ mod tests {
     fn nobody_holding_it_means_take_it() {
         let t0 = Instant::now();
         let mut o = Observer::default();
-        assert_eq!(o.look("b", None, t0), Verdict::Take { revision: None });
+        assert_eq!(o.look(None, t0), Verdict::Take { revision: None });
         let released = LeaseRecord { owner: None, ..held("a", 1000) };
-        assert_eq!(o.look("b", Some((7, &released)), t0), Verdict::Take { revision: Some(7) });
+        assert_eq!(o.look(Some((7, &released)), t0), Verdict::Take { revision: Some(7) });
     }
 
     #[test]
@@ -231,29 +252,31 @@ mod tests {
         let ms = Duration::from_millis;
         let mut o = Observer::default();
         let rec = held("a", 1000);
-        assert_eq!(o.look("b", Some((5, &rec)), t0), Verdict::Wait);
-        assert_eq!(o.look("b", Some((5, &rec)), t0 + ms(999)), Verdict::Wait);
+        assert_eq!(o.look(Some((5, &rec)), t0), Verdict::Wait);
+        assert_eq!(o.look(Some((5, &rec)), t0 + ms(999)), Verdict::Wait);
         // A renewal (new revision) restarts the count from when it is seen.
-        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(999)), Verdict::Wait);
-        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(1998)), Verdict::Wait);
-        assert_eq!(o.look("b", Some((6, &rec)), t0 + ms(1999)), Verdict::Take { revision: Some(6) });
+        assert_eq!(o.look(Some((6, &rec)), t0 + ms(999)), Verdict::Wait);
+        assert_eq!(o.look(Some((6, &rec)), t0 + ms(1998)), Verdict::Wait);
+        assert_eq!(o.look(Some((6, &rec)), t0 + ms(1999)), Verdict::Take { revision: Some(6) });
+        // A recreated bucket can repeat a revision: another epoch or owner is a new write.
+        let other = LeaseRecord { epoch: 9, ..held("c", 1000) };
+        assert_eq!(o.look(Some((6, &other)), t0 + ms(1999)), Verdict::Wait);
     }
 
     #[test]
-    fn a_restarted_controller_takes_its_own_lease_back_at_once_but_only_at_first() {
+    fn only_this_process_s_own_ended_term_is_taken_back_at_once() {
         let t0 = Instant::now();
         let rec = held("a", 1000);
+        // A new process under the holder's id waits like anyone: the old process may live.
         let mut o = Observer::default();
-        assert_eq!(o.look("a", Some((5, &rec)), t0), Verdict::Take { revision: Some(5) });
-        // Later (it lost the lease to a namesake, say) it waits like anyone.
-        assert_eq!(o.look("a", Some((6, &rec)), t0), Verdict::Wait);
-        // Having stepped down itself (it could not renew in time), it takes the lease
+        assert_eq!(o.look(Some((5, &rec)), t0), Verdict::Wait);
+        // A process whose own term ended (it could not renew in time) takes the lease
         // back at once if nobody changed it since its last write.
-        o.stepped_down(9);
-        assert_eq!(o.look("a", Some((9, &rec)), t0), Verdict::Take { revision: Some(9) });
-        assert_eq!(o.look("a", Some((10, &rec)), t0), Verdict::Wait);
-        let mut other = Observer::default();
-        assert_eq!(other.look("b", Some((5, &rec)), t0), Verdict::Wait);
+        o.stepped_down("a", 9, 3);
+        assert_eq!(o.look(Some((9, &rec)), t0), Verdict::Take { revision: Some(9) });
+        assert_eq!(o.look(Some((10, &rec)), t0), Verdict::Wait);
+        let raised = LeaseRecord { epoch: 4, ..held("a", 1000) };
+        assert_eq!(o.look(Some((9, &raised)), t0), Verdict::Wait);
     }
 
     #[test]

@@ -114,9 +114,11 @@ impl ControllerHandle {
 
     /// Stop serving and stop every task, giving the lease up so that another controller
     /// leads at once. Jobs in flight stay in the journal.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.elector).await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.elector).await.is_err() {
+            self.elector.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         for t in self.tasks {
             t.abort();
@@ -135,11 +137,15 @@ impl ControllerHandle {
 }
 
 /// Start a controller on an existing NATS connection. It leads at once when nobody holds
-/// the lease (or it held it under the same id before a restart): its jobs are rebuilt
-/// from the journal before this returns. Otherwise it serves the API as a standby and
-/// takes the lead when the leader's lease expires.
+/// the lease (or its holder released it): its jobs are rebuilt from the journal before
+/// this returns. Otherwise it serves the API as a standby and takes the lead when the
+/// leader's lease expires.
 pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<ControllerHandle, ControllerError> {
     let topo = drover_bus::ensure_topology(client.clone(), &cfg.names, &cfg.topology).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.api_addr)
+        .await
+        .map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
+    let addr = listener.local_addr().map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
     let registry = registry::Registry::new(cfg.heartbeat_timeout);
     let metrics = metrics::Metrics::new();
     let stop = CancellationToken::new();
@@ -156,7 +162,7 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
     };
     let lease = lease::Lease::new(topo.leases.clone(), cfg.id.clone(), cfg.lease_ttl);
     let mut elector = Elector { s: shared.clone(), lease, observer: lease::Observer::default(), leading: None };
-    // The first look: a lone controller (or one restarted) leads before serving.
+    // The first look: a lone controller leads before serving.
     let first_wait = elector.step().await;
     let elector = tokio::spawn(elector.run(first_wait, stop.clone()));
 
@@ -169,10 +175,6 @@ pub async fn start(cfg: ControllerConfig, client: async_nats::Client) -> Result<
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(cfg.api_addr)
-        .await
-        .map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
-    let addr = listener.local_addr().map_err(|source| ControllerError::Listen { addr: cfg.api_addr, source })?;
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
     let token = stop.clone();
     let server = tokio::spawn(async move {
@@ -207,8 +209,8 @@ struct Leading {
 }
 
 impl Drop for Leading {
-    /// However the term ends (stepping down, the elector stopped or aborted), nothing of
-    /// it goes on acting.
+    /// However the term ends (stepping down, a failed start, the elector stopped or
+    /// aborted), nothing of it goes on acting.
     fn drop(&mut self) {
         self.term.lose();
         for t in &self.tasks {
@@ -274,10 +276,18 @@ impl Elector {
                 r.epoch = rec.epoch;
             });
         }
-        let verdict = self.observer.look(&self.lease.me, current.as_ref().map(|(r, rec)| (*r, rec)), Instant::now());
+        let verdict = self.observer.look(current.as_ref().map(|(r, rec)| (*r, rec)), Instant::now());
         let lease::Verdict::Take { revision } = verdict else { return self.poll() };
-        // Above every epoch used so far, even if the lease bucket was lost or recreated.
-        let epoch = current.as_ref().map_or(0, |(_, rec)| rec.epoch).max(last_fence_epoch(&self.s.topo).await) + 1;
+        // Above every epoch used so far, even if the lease bucket was lost or recreated;
+        // unknown (the journal cannot be read) means no takeover now.
+        let fenced = match last_fence_epoch(&self.s.topo).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("reading the last takeover line: {e}");
+                return self.poll();
+            }
+        };
+        let epoch = current.as_ref().map_or(0, |(_, rec)| rec.epoch).max(fenced) + 1;
         let sent = Instant::now();
         match self.lease.take(revision, epoch).await {
             Ok(rev) => match lead(&self.s, &self.lease, epoch, rev, sent).await {
@@ -285,7 +295,12 @@ impl Elector {
                     self.leading = Some(l);
                     return Duration::from_secs(3600);
                 }
-                Err(e) => tracing::error!(epoch, "could not take the lead: {e}"),
+                Err((e, rev)) => {
+                    tracing::error!(epoch, "could not take the lead: {e}");
+                    // Nobody else acted on this write of the lease: try again at the
+                    // next look.
+                    self.observer.stepped_down(&self.lease.me, rev, epoch);
+                }
             },
             Err(lease::LeaseError::Lost) => tracing::info!("another controller took the lease first"),
             Err(e) => tracing::warn!("taking the lease: {e}"),
@@ -297,7 +312,7 @@ impl Elector {
     fn step_down(&mut self) {
         let Some(l) = self.leading.take() else { return };
         self.s.link.set(None);
-        self.observer.stepped_down(l.revision.load(Ordering::Relaxed));
+        self.observer.stepped_down(&self.lease.me, l.revision.load(Ordering::Relaxed), l.term.epoch);
         self.s.metrics.leader.set(0);
         self.s.role.update(|r| r.leading = false);
         tracing::warn!(epoch = l.term.epoch, "no longer leading; serving as a standby");
@@ -315,27 +330,36 @@ impl Elector {
     }
 }
 
-/// The epoch of the last takeover line in the journal (0 when there is none).
-async fn last_fence_epoch(topo: &drover_bus::Topology) -> u64 {
-    let Ok(stream) = topo.js.get_stream(topo.names.events_stream()).await else { return 0 };
+/// The epoch of the last takeover line in the journal (0 when there is none). Takeover
+/// lines are written in increasing epochs, so the last is the highest.
+async fn last_fence_epoch(topo: &drover_bus::Topology) -> Result<u64, String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let stream = topo.js.get_stream(topo.names.events_stream()).await.map_err(|e| e.to_string())?;
     match stream.get_last_raw_message_by_subject(&topo.names.fence()).await {
-        Ok(m) => serde_json::from_slice::<runtime::JournalEntry>(&m.payload).map_or(0, |e| e.epoch()),
-        Err(_) => 0,
+        Ok(m) => serde_json::from_slice::<runtime::JournalEntry>(&m.payload)
+            .map(|e| e.epoch())
+            .map_err(|e| format!("unreadable takeover line: {e}")),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// Start a term: renew the lease, rebuild the jobs from the journal (behind this term's
-/// takeover line), and run them.
+/// takeover line), and run them. On failure, the lease revision last written.
 async fn lead(
     s: &Shared,
     lease: &lease::Lease,
     epoch: u64,
     revision: u64,
     sent: Instant,
-) -> Result<Leading, ControllerError> {
+) -> Result<Leading, (ControllerError, u64)> {
     let term = lease::Term::new(epoch, sent + lease::valid_for(lease.ttl));
     let revision = Arc::new(AtomicU64::new(revision));
-    let mut tasks = vec![tokio::spawn(renew(lease.clone(), term.clone(), revision.clone()))];
+    // The guard first: whatever happens below (an error, this future dropped), the
+    // term's tasks stop with it.
+    let mut leading = Leading { term: term.clone(), revision: revision.clone(), tasks: Vec::new() };
+    leading.tasks.push(tokio::spawn(renew(lease.clone(), term.clone(), revision.clone())));
+    let failed = |e: ControllerError| (e, revision.load(Ordering::Relaxed));
     let (tx, rx) = mpsc::channel(65_536);
     let mut rt = runtime::Runtime::new(
         s.cfg.clone(),
@@ -346,27 +370,18 @@ async fn lead(
         tx.clone(),
         term.clone(),
     );
-    let started = async {
-        // Jobs of a previous term (a crash, a restart, a takeover) carry on before
-        // anything new is taken.
-        let recovery = rt.recover().await?;
-        let results = consume_results(&s.topo, tx.clone()).await?;
-        Ok::<_, ControllerError>((recovery, results))
-    };
-    let (recovery, results) = match started.await {
-        Ok(r) => r,
-        Err(e) => {
-            term.lose();
-            for t in tasks {
-                t.abort();
-            }
-            return Err(e);
-        }
-    };
-    tasks.push(tokio::spawn(rt.run(rx)));
-    tasks.push(results);
+    // Jobs of a previous term (a crash, a restart, a takeover) carry on before anything
+    // new is taken.
+    let recovery = rt.recover().await.map_err(|e| failed(e.into()))?;
+    leading.tasks.push(consume_results(&s.topo, epoch, tx.clone()).await.map_err(failed)?);
+    let forwarded = s
+        .client
+        .queue_subscribe(s.topo.names.ctl_api(), "leader".into())
+        .await
+        .map_err(|e| failed(ControllerError::Consumer(format!("cannot serve forwarded API calls: {e}"))))?;
+    leading.tasks.push(tokio::spawn(rt.run(rx)));
     let tick_tx = tx.clone();
-    tasks.push(tokio::spawn(async move {
+    leading.tasks.push(tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
@@ -375,7 +390,7 @@ async fn lead(
             }
         }
     }));
-    tasks.push(tokio::spawn(forward::serve(s.client.clone(), s.topo.names.ctl_api(), tx.clone(), term.lost().clone())));
+    leading.tasks.push(tokio::spawn(forward::serve(s.client.clone(), forwarded, tx.clone(), term.clone())));
     s.link.set(Some(tx));
     s.metrics.leader.set(1);
     s.metrics.lease_epoch.set(epoch as i64);
@@ -387,82 +402,122 @@ async fn lead(
         r.recovery = recovery;
     });
     tracing::info!(epoch, id = %lease.me, "leading: this controller runs the jobs");
-    Ok(Leading { term, revision, tasks })
+    Ok(leading)
 }
 
-/// Renew the lease every third of its TTL while the term lasts; end the term when another
-/// controller changed the lease or when a renewal cannot be made in time.
+/// Renew the lease every third of its TTL while the term lasts. A renewal that finds
+/// another controller's write ends the term. Renewals that fail or stall only let the
+/// term run out (the runtime then pauses); the next one that succeeds, being a
+/// compare-and-set on this term's own last revision, proves nobody else acted, and the
+/// term carries on. A standby takes over only by writing the lease, which ends the term
+/// at its next renewal.
 async fn renew(lease: lease::Lease, term: lease::Term, revision: Arc<AtomicU64>) {
+    let every = lease.ttl / 3;
+    let mut next = Instant::now() + every;
+    let mut late = false;
     loop {
         tokio::select! {
             _ = term.lost().cancelled() => return,
-            _ = tokio::time::sleep(lease.ttl / 3) => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
         }
-        loop {
-            let sent = Instant::now();
-            match lease.renew(revision.load(Ordering::Relaxed), term.epoch).await {
-                Ok(r) => {
-                    revision.store(r, Ordering::Relaxed);
-                    term.extend(sent, lease.ttl);
-                    break;
+        let sent = Instant::now();
+        let attempt = lease.renew(revision.load(Ordering::Relaxed), term.epoch);
+        let outcome = match tokio::time::timeout(every, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(lease::LeaseError::Bus(format!("no answer within {} ms", every.as_millis()))),
+        };
+        match outcome {
+            Ok(r) => {
+                revision.store(r, Ordering::Relaxed);
+                term.extend(sent, lease.ttl);
+                next = sent + every;
+                if std::mem::take(&mut late) {
+                    tracing::info!(epoch = term.epoch, "lease renewed again; carrying on");
                 }
-                Err(lease::LeaseError::Lost) => {
-                    tracing::error!(epoch = term.epoch, "another controller took the lease");
-                    term.lose();
-                    return;
+            }
+            Err(lease::LeaseError::Lost) => {
+                // A renewal that was stored but whose answer was lost makes the next one
+                // look like a lost lease: a lease still in this term's epoch is ours.
+                match lease.read().await {
+                    Ok(Some((r, rec))) if rec.owner.as_deref() == Some(&lease.me) && rec.epoch == term.epoch => {
+                        revision.store(r, Ordering::Relaxed);
+                        next = Instant::now();
+                    }
+                    _ => {
+                        tracing::error!(epoch = term.epoch, "another controller took the lease");
+                        term.lose();
+                        return;
+                    }
                 }
-                Err(e) if !term.valid() => {
-                    tracing::error!(epoch = term.epoch, "the lease could not be renewed in time: {e}");
-                    term.lose();
-                    return;
+            }
+            Err(e) => {
+                if !term.valid() && !std::mem::replace(&mut late, true) {
+                    tracing::warn!(
+                        epoch = term.epoch,
+                        "the lease ran out before a renewal succeeded ({e}); pausing until one does"
+                    );
                 }
-                Err(e) => {
-                    tracing::warn!("renewing the lease: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                tracing::debug!("renewing the lease: {e}; retrying");
+                next = Instant::now() + Duration::from_millis(200);
             }
         }
     }
 }
 
-/// The results consumer: one durable consumer; each result is acknowledged once its
-/// effect is journaled.
+/// The results consumer of one term: a durable consumer named after the epoch (a deposed
+/// leader's pulls then reach nothing of the new term's), starting at the first result
+/// the previous terms' consumers had not acknowledged (results taken by a leader that
+/// died or was deposed before acknowledging them come again at once, not after
+/// `ack_wait`; one whose effect is journaled already is ignored as a copy). The previous
+/// terms' consumers are then deleted. Each result is acknowledged once its effect is
+/// journaled.
 async fn consume_results(
     topo: &drover_bus::Topology,
+    epoch: u64,
     results_tx: mpsc::Sender<Input>,
 ) -> Result<JoinHandle<()>, ControllerError> {
-    let stream =
-        topo.js.get_stream(topo.names.results_stream()).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
-    let durable = format!("{}-controller", topo.names.prefix().replace('.', "-"));
-    let mut consumer_cfg = async_nats::jetstream::consumer::pull::Config {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    let fail = |e: &dyn std::fmt::Display| ControllerError::Consumer(e.to_string());
+    let stream = topo.js.get_stream(topo.names.results_stream()).await.map_err(|e| fail(&e))?;
+    let base = format!("{}-controller", topo.names.prefix().replace('.', "-"));
+    let durable = format!("{base}-{epoch}");
+    let mut previous = Vec::new();
+    let mut names = stream.consumer_names();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| fail(&e))?;
+        if name != durable && (name == base || name.strip_prefix(&format!("{base}-")).is_some()) {
+            previous.push(name);
+        }
+    }
+    let mut start: Option<u64> = None;
+    for name in &previous {
+        if let Ok(info) = stream.consumer_info(name).await {
+            let first_unacked = info.ack_floor.stream_sequence + 1;
+            start = Some(start.map_or(first_unacked, |s| s.min(first_unacked)));
+        }
+    }
+    let consumer_cfg = async_nats::jetstream::consumer::pull::Config {
         durable_name: Some(durable.clone()),
         // Results the agents returned in their replies are stored as records, not consumed.
         filter_subject: topo.names.published_results(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 50_000,
+        deliver_policy: match start {
+            Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            None => DeliverPolicy::All,
+        },
         ..Default::default()
     };
-    // Results delivered to a controller that died (or was deposed) before acknowledging
-    // them would only be delivered again after `ack_wait`: start the consumer again from
-    // the first result not acknowledged (only the leader consumes; a result taken twice
-    // is ignored as a copy). A consumer made with another ack policy or filter is
-    // replaced the same way.
-    if let Ok(info) = stream.consumer_info(&durable).await
-        && (info.num_ack_pending > 0
-            || info.config.ack_policy != consumer_cfg.ack_policy
-            || info.config.filter_subject != consumer_cfg.filter_subject)
-    {
-        let start_sequence = info.ack_floor.stream_sequence + 1;
-        stream.delete_consumer(&durable).await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
-        consumer_cfg.deliver_policy =
-            async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence };
-        tracing::info!(start_sequence, pending = info.num_ack_pending, "re-reading unacknowledged results");
+    let consumer = stream.get_or_create_consumer(&durable, consumer_cfg).await.map_err(|e| fail(&e))?;
+    for name in previous {
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::warn!(consumer = %name, "deleting a previous term's results consumer: {e}");
+        }
     }
-    let consumer = stream
-        .get_or_create_consumer(&durable, consumer_cfg)
-        .await
-        .map_err(|e| ControllerError::Consumer(e.to_string()))?;
+    if let Some(start_sequence) = start {
+        tracing::info!(start_sequence, consumer = %durable, "results from the first one not acknowledged");
+    }
     let mut messages = consumer.messages().await.map_err(|e| ControllerError::Consumer(e.to_string()))?;
     Ok(tokio::spawn(async move {
         while let Some(m) = messages.next().await {

@@ -236,6 +236,25 @@ impl Entry {
     }
 }
 
+/// How a round's commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Written and carried out.
+    Acted,
+    /// Written, but the term ended before anything was carried out (the next leader
+    /// does that).
+    Written,
+    /// The term ended before all of it was written.
+    Lost,
+}
+
+/// This term's takeover line in the journal.
+#[derive(Debug, Clone)]
+struct Fence {
+    subject: String,
+    seq: u64,
+}
+
 /// Work collected during a round, carried out after the journal is durable.
 #[derive(Default)]
 struct Round {
@@ -264,6 +283,8 @@ pub struct Runtime {
     /// This controller's lease term: its epoch goes on every command and journal line,
     /// and nothing is made durable or acted on once it is no longer valid.
     term: Term,
+    /// This term's takeover line, which every journal write expects to be the last.
+    fence: Option<Fence>,
     /// Finished jobs still held in memory, oldest first (at most `cfg.retain_finished`).
     finished: VecDeque<String>,
 }
@@ -290,6 +311,7 @@ impl Runtime {
             queue: VecDeque::new(),
             locks: BTreeMap::new(),
             term,
+            fence: None,
             finished: VecDeque::new(),
         }
     }
@@ -309,31 +331,38 @@ impl Runtime {
             }
             let t0 = std::time::Instant::now();
             let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
-            if !self.commit(round).await {
-                // Deposed: the round is dropped unwritten and its callers get no answer
-                // (the API tells them to retry); the new leader carries on from the journal.
+            let outcome = self.commit(round).await;
+            if outcome == Commit::Lost {
+                // Deposed while writing: what was written (if anything) is the next
+                // leader's to act on. The callers are told the outcome is unknown.
                 return;
             }
             tracing::debug!(journal = nj, commands = nc, acks = na, took_us = t0.elapsed().as_micros() as u64, "round");
             for r in replies {
                 r(&self);
             }
+            if outcome == Commit::Written {
+                // Durable, so the answers hold; the next leader acts on it.
+                return;
+            }
         }
     }
 
-    /// Write this term's takeover line to the journal (and wait until it is stored):
-    /// every line a deposed leader writes after it is ignored by replay.
-    async fn fence(&self) -> Result<(), drover_bus::BusError> {
+    /// Write this term's takeover line to the journal (and wait until it is stored).
+    /// Every journal write of this term is then conditional on it still being the last
+    /// takeover line, so once a newer leader has written its own, the stream refuses this
+    /// term's writes (and replay ignores any older-epoch line after a newer takeover).
+    async fn fence(&mut self) -> Result<(), drover_bus::BusError> {
         let line = JournalEntry::Takeover { epoch: self.term.epoch, owner: self.cfg.id.clone(), at_ms: now_ms() };
         let bytes = serde_json::to_vec(&line).unwrap_or_default();
         let subject = self.topo.names.fence();
-        let ack = self
-            .topo
-            .js
-            .publish(subject.clone(), bytes.into())
-            .await
-            .map_err(|e| drover_bus::BusError::Publish { subject: subject.clone(), message: e.to_string() })?;
-        ack.await.map_err(|e| drover_bus::BusError::Publish { subject, message: e.to_string() })?;
+        let failed = |e: &dyn std::fmt::Display| drover_bus::BusError::Publish {
+            subject: self.topo.names.fence(),
+            message: e.to_string(),
+        };
+        let ack = self.topo.js.publish(subject.clone(), bytes.into()).await.map_err(|e| failed(&e))?;
+        let ack = ack.await.map_err(|e| failed(&e))?;
+        self.fence = Some(Fence { subject, seq: ack.sequence });
         Ok(())
     }
 
@@ -415,7 +444,7 @@ impl Runtime {
             }
         }
         self.start_queued(now, &mut round);
-        if !self.commit(round).await {
+        if self.commit(round).await == Commit::Lost {
             return Err(drover_bus::BusError::JetStream {
                 what: "recovery".into(),
                 message: "the lease was lost while recovering".into(),
@@ -892,15 +921,15 @@ impl Runtime {
         }
     }
 
-    /// Make the round durable, then act on it. `false`: this controller no longer leads,
-    /// and nothing of the round was written or done.
-    async fn commit(&mut self, mut round: Round) -> bool {
-        if !self.term.valid() {
-            return self.deposed();
+    /// Make the round durable, then act on it.
+    async fn commit(&mut self, mut round: Round) -> Commit {
+        // An expired term waits for its renewal (or for its end), writing nothing.
+        if !self.term.usable().await {
+            return self.deposed(Commit::Lost);
         }
         // 1. Journal and progress, all published at once, then every ack awaited.
-        if !write_all(&self.topo.js, std::mem::take(&mut round.journal), &self.term).await {
-            return self.deposed();
+        if !write_all(&self.topo.js, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await {
+            return self.deposed(Commit::Lost);
         }
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
         //    of journal writes); a job that finishes as it starts releases them in turn.
@@ -918,8 +947,8 @@ impl Runtime {
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
-            if !write_all(&self.topo.js, std::mem::take(&mut next.journal), &self.term).await {
-                return self.deposed();
+            if !write_all(&self.topo.js, std::mem::take(&mut next.journal), &self.term, self.fence.as_ref()).await {
+                return self.deposed(Commit::Lost);
             }
             round.commands.extend(next.commands);
             round.cancels.extend(next.cancels);
@@ -927,10 +956,11 @@ impl Runtime {
             round.summaries.extend(next.summaries);
             finished = next.finished;
         }
-        // A pause (or a stalled write) may have outlasted the lease: what was written is
-        // in the journal for the next leader, who sends it again; nothing more is done here.
-        if !self.term.valid() {
-            return self.deposed();
+        // A pause (or a stalled write) may have outlasted the lease: wait for a renewal;
+        // if another controller took over instead, what was written is in the journal for
+        // it, and it sends the commands again; nothing more is done here.
+        if !self.term.usable().await {
+            return self.deposed(Commit::Written);
         }
         // 3. Act: commands, cancels, timers (deliveries stop when the term ends).
         let lost = self.term.lost().clone();
@@ -959,10 +989,10 @@ impl Runtime {
         for (job, at, timer) in round.timers {
             let tx = self.tx.clone();
             let delay = Duration::from_millis(at.saturating_sub(now));
-            tokio::spawn(async move {
+            tokio::spawn(lost.clone().run_until_cancelled_owned(async move {
                 tokio::time::sleep(delay).await;
                 let _ = tx.send(Input::Timer { job, timer }).await;
-            });
+            }));
         }
         // 4. Results are acknowledged only now that their effect is journaled, each one
         //    (explicit acks: a cumulative one could cover a result lost in delivery, which
@@ -978,11 +1008,11 @@ impl Runtime {
                 && let Ok(bytes) = serde_json::to_vec(&e.summary())
             {
                 let jobs = self.topo.jobs.clone();
-                tokio::spawn(async move {
+                tokio::spawn(lost.clone().run_until_cancelled_owned(async move {
                     if let Err(e) = jobs.put(&id, bytes.into()).await {
                         tracing::warn!("writing job summary {id}: {e}");
                     }
-                });
+                }));
             }
         }
         // 6. Finished jobs join the retained ones (after their final summary is written).
@@ -992,14 +1022,14 @@ impl Runtime {
         let running = self.jobs.values().filter(|e| e.stage == Stage::Active).count();
         self.metrics.jobs_running.set(running as i64);
         self.metrics.jobs_queued.set(self.queue.len() as i64);
-        true
+        Commit::Acted
     }
 
-    /// The lease is lost (or ran out while writing): act no more.
-    fn deposed(&self) -> bool {
+    /// The lease is lost (another controller took it): act no more.
+    fn deposed(&self, outcome: Commit) -> Commit {
         tracing::error!(epoch = self.term.epoch, "the lease is no longer held: stopping without acting");
         self.term.lose();
-        false
+        outcome
     }
 
     // ----- views ---------------------------------------------------------------------
@@ -1084,8 +1114,9 @@ fn command(
 /// (or a few, when a round's lines exceed [`MAX_BATCH_BYTES`]), then wait for every ack;
 /// a message whose ack failed is written again (inputs carry their number and progress
 /// its sequence, so a line that landed twice is harmless on replay and to watchers).
-/// `false` when the term ended before everything was stored.
-async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term: &Term) -> bool {
+/// Each write expects `fence` to be the last takeover line. `false` when the term ended
+/// (a newer leader's takeover line, or the lease ran out) before everything was stored.
+async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term: &Term, fence: Option<&Fence>) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
     let max_payload = match js.client().server_info().max_payload {
         0 => MAX_BATCH_BYTES,
@@ -1104,38 +1135,69 @@ async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term:
     let mut failed = Vec::new();
     for (subject, lines) in subjects {
         for bytes in pack_lines(lines, max_payload) {
-            match js.publish(subject.clone(), bytes.clone().into()).await {
+            match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
                 Ok(ack) => acks.push((subject.clone(), bytes, ack)),
                 Err(_) => failed.push((subject.clone(), bytes)),
             }
         }
     }
     for (subject, bytes, ack) in acks {
-        if ack.await.is_err() {
-            failed.push((subject, bytes));
+        match ack.await {
+            Ok(_) => {}
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return superseded(term);
+            }
+            Err(_) => failed.push((subject, bytes)),
         }
     }
     for (subject, bytes) in failed {
-        if !publish_retrying(js.clone(), subject, bytes, term).await {
+        if !publish_retrying(js.clone(), subject, bytes, term, fence).await {
             return false;
         }
     }
     true
 }
 
+/// A journal message that the stream stores only while `fence` is still the last
+/// takeover line (`Nats-Expected-Last-Subject-Sequence` on the takeover subject; servers
+/// older than 2.11 ignore it, and the term's time limit is then the only fence).
+fn fenced(bytes: &[u8], fence: Option<&Fence>) -> jetstream::message::PublishMessage {
+    let msg = jetstream::message::PublishMessage::build().payload(bytes.to_vec().into());
+    match fence {
+        Some(f) => msg
+            .expected_last_subject_sequence(f.seq)
+            .header("Nats-Expected-Last-Subject-Sequence-Subject", f.subject.as_str()),
+        None => msg,
+    }
+}
+
+/// The stream refused a write: a newer leader's takeover line is there.
+fn superseded(term: &Term) -> bool {
+    tracing::error!(epoch = term.epoch, "a newer controller has taken over: this term's journal writes are refused");
+    term.lose();
+    false
+}
+
 /// Publish one journal line, retrying until the stream acknowledges it (the controller
 /// never acts on what is not durable) or the lease term ends (`false`).
-async fn publish_retrying(js: jetstream::Context, subject: String, bytes: Vec<u8>, term: &Term) -> bool {
-    let payload: bytes::Bytes = bytes.into();
+async fn publish_retrying(
+    js: jetstream::Context,
+    subject: String,
+    bytes: Vec<u8>,
+    term: &Term,
+    fence: Option<&Fence>,
+) -> bool {
+    use jetstream::context::PublishErrorKind;
     let mut delay = Duration::from_millis(50);
     loop {
-        let r = match js.publish(subject.clone(), payload.clone()).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let r = match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
         };
         match r {
             Ok(()) => return true,
-            Err(_) if !term.valid() => return false,
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return superseded(term),
+            Err(_) if !term.usable().await => return false,
             Err(e) => {
                 tracing::warn!(%subject, "journal write failed, retrying: {e}");
                 tokio::time::sleep(delay).await;

@@ -155,3 +155,45 @@ steps:
     assert_eq!(health(&fleet, &b_url).await.and_then(|h| h.role), Some("leader".into()));
     fleet.stop().await;
 }
+
+/// The journal itself fences a deposed leader: once a newer takeover line is in the
+/// stream, the stream refuses the old term's writes (they are conditional on its own
+/// takeover line being the last), so nothing of a submission it took is kept or acted on.
+/// The controller then sees that nobody changed the lease and leads again under an epoch
+/// above the newer line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_takeover_line_makes_the_stream_refuse_the_old_leader_s_writes() {
+    let fleet = Fleet::start(Options { agents: 2, ..Options::default() }).await;
+    let url = fleet.url.clone();
+    let before = wait_role(&fleet, &url, "leader", Duration::from_secs(5)).await;
+    // Another controller's takeover line (as written by one that took the lease).
+    let client = drover_bus::connect(&fleet.nats_urls, "intruder").await.expect("connect");
+    let names = drover_core::wire::Names::default();
+    let line = drover_controller::runtime::JournalEntry::Takeover { epoch: 99, owner: "x".into(), at_ms: 0 };
+    let js = async_nats::jetstream::new(client);
+    let ack = js.publish(names.fence(), serde_json::to_vec(&line).expect("json").into()).await.expect("publish");
+    ack.await.expect("stored");
+
+    let plan = "name: fenced\ntargets: {all: true}\nsteps:\n  - {name: a, action: echo, with: {message: hi}}\n";
+    let (code, v) = post(&fleet, &url, "/v1/jobs", plan).await;
+    assert_eq!(code, 503, "the old term's write must be refused: {v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("may or may not have been done")), "{v}");
+    // It leads again, above the newer line, and the refused job was never kept.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        if let Some(h) = health(&fleet, &url).await
+            && h.role.as_deref() == Some("leader")
+            && h.epoch > Some(99)
+        {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "did not lead again above epoch 99");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(after.epoch > before.epoch);
+    let list = fleet.get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(0), "{list}");
+    let id = fleet.submit(plan).await;
+    assert_eq!(fleet.wait_final(&id, LIMIT).await.report.status, JobStatus::Succeeded);
+    fleet.stop().await;
+}

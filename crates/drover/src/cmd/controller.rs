@@ -24,7 +24,7 @@ pub struct ControllerArgs {
     pub id: Option<String>,
     /// How long the leading controller may go unheard before a standby takes over (it
     /// renews every third of it).
-    #[arg(long, default_value = "5s", value_parser = parse_lease_ttl)]
+    #[arg(long, default_value = "10s", value_parser = parse_lease_ttl)]
     pub lease_ttl: Duration,
     /// Jobs running at once (at least 1); more wait in the queue.
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]

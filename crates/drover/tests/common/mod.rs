@@ -115,16 +115,33 @@ impl Fleet {
         fleet
     }
 
-    /// Start `drover controller` as a child process on a free port and wait until it is
-    /// ready; it becomes the fleet's controller.
+    /// Start `drover controller` as a child process on a free port and wait until it
+    /// leads (a killed predecessor's lease expires first: 1 s here); it becomes the
+    /// fleet's controller.
     pub async fn spawn_controller(&mut self) {
         let (child, url) = self.controller_process(&[]).await;
         self.controller_process = Some(child);
         self.url = url;
+        self.wait_leader(&self.url.clone()).await;
     }
 
-    /// Start one more `drover controller` process (with `args`) on a free port and wait
-    /// until it is ready; returns it and its URL.
+    /// Wait until the controller at `url` leads.
+    pub async fn wait_leader(&self, url: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = self.http.get(format!("{url}/v1/health")).send().await
+                && let Ok(h) = r.json::<drover_core::api::Health>().await
+                && h.role.as_deref() == Some("leader")
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{url} did not lead in 15s:\n{}", self.controller_logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Start one more `drover controller` process (with `args`; a lease TTL of 1 s unless
+    /// they set one) on a free port and wait until it is ready; returns it and its URL.
     // The caller owns the child and kills and waits for it.
     #[allow(clippy::zombie_processes)]
     pub async fn controller_process(&self, args: &[&str]) -> (std::process::Child, String) {
@@ -133,6 +150,7 @@ impl Fleet {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
             .args(["controller", "--nats-url", &self.nats_urls, "--heartbeat-timeout", "2s"])
             .args(["--api-addr", &format!("127.0.0.1:{port}")])
+            .args(if args.contains(&"--lease-ttl") { &[][..] } else { &["--lease-ttl", "1s"][..] })
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
