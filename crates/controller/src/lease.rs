@@ -4,16 +4,16 @@
 //! One key, [`LEASE_KEY`] in `<prefix>_leases`, holds `{owner, epoch, ttl_ms, ...}`. It is
 //! only ever changed by compare-and-set on its revision, so two controllers can never both
 //! win it. Expiry is judged without comparing clocks across machines: a controller that
-//! does not lead remembers when it *first saw* the current revision, on its own monotonic
-//! clock, and may take the lease once that revision has not changed for the holder's
-//! `ttl_ms`. The holder renews every third of the TTL and holds itself valid only until
-//! a quarter of the TTL before the earliest moment anyone could judge it expired (counted
-//! from when it *sent* its last successful renewal), so it stops acting before another
-//! controller can start, as long as clocks run at similar rates. Whatever slips past that
-//! (a process paused for longer than the margin) is caught by the epoch: the new leader's
-//! takeover line fences the stale leader's later journal lines out of every replay, and
-//! agents refuse its commands for jobs they have seen the new epoch for.
-
+//! does not lead remembers when it *first saw* the current write of the lease, on its own
+//! monotonic clock, and may take the lease once that write has stood for the holder's
+//! `ttl_ms`. The holder renews every third of the TTL and acts only until a quarter of
+//! the TTL before the earliest moment anyone could judge it expired (counted from when it
+//! *sent* its last successful renewal). Past that it pauses: a later renewal that succeeds
+//! (a compare-and-set on its own last revision) proves nobody else acted, and it carries
+//! on; one that finds another controller's write ends its term. Whatever slips past the
+//! clocks (a process or VM frozen between a check and a write) is caught by the journal:
+//! every journal write of a term is conditional on its takeover line being the last one
+//! (see `runtime::Fence`), and agents refuse commands of an older epoch than one seen.
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
