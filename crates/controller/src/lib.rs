@@ -260,7 +260,7 @@ impl Elector {
             if !l.term.lost().is_cancelled() {
                 return Duration::from_secs(3600);
             }
-            self.step_down();
+            self.step_down(false);
         }
         let current = match self.lease.read().await {
             Ok(c) => c,
@@ -308,21 +308,24 @@ impl Elector {
         self.poll()
     }
 
-    /// The term is over: stop its tasks and serve as a standby.
-    fn step_down(&mut self) {
+    /// The term is over (`stopping`: because this controller stops): stop its tasks and
+    /// serve as a standby.
+    fn step_down(&mut self, stopping: bool) {
         let Some(l) = self.leading.take() else { return };
         self.s.link.set(None);
         self.observer.stepped_down(&self.lease.me, l.revision.load(Ordering::Relaxed), l.term.epoch);
         self.s.metrics.leader.set(0);
         self.s.role.update(|r| r.leading = false);
-        tracing::warn!(epoch = l.term.epoch, "no longer leading; serving as a standby");
+        if !stopping {
+            tracing::warn!(epoch = l.term.epoch, "no longer leading; serving as a standby");
+        }
     }
 
     /// Stop leading and hand the lease over (a clean stop).
     async fn resign(&mut self) {
         let Some(l) = &self.leading else { return };
         let (revision, epoch) = (l.revision.load(Ordering::Relaxed), l.term.epoch);
-        self.step_down();
+        self.step_down(true);
         match self.lease.release(revision, epoch).await {
             Ok(_) => tracing::info!(epoch, "lease released"),
             Err(e) => tracing::warn!("releasing the lease (another controller takes over when it expires): {e}"),

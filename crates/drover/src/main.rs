@@ -7,12 +7,6 @@ mod signals;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of the system allocator: with glibc's per-thread arenas, a controller
-/// that took in a 10,000-node fleet's registrations kept 350-400 MB it no longer used
-/// (docs/PERFORMANCE.md, "Controller memory").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// drover: run multi-step operations across fleets of servers, safely.
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, about, propagate_version = true)]
