@@ -285,6 +285,7 @@ pub struct Runtime {
     term: Term,
     /// This term's takeover line, which every journal write expects to be the last.
     fence: Option<Fence>,
+    timers: crate::timers::Timers,
     /// Finished jobs still held in memory, oldest first (at most `cfg.retain_finished`).
     finished: VecDeque<String>,
 }
@@ -305,11 +306,12 @@ impl Runtime {
             client,
             registry,
             metrics,
-            tx,
+            tx: tx.clone(),
             jobs: BTreeMap::new(),
             order: Vec::new(),
             queue: VecDeque::new(),
             locks: BTreeMap::new(),
+            timers: crate::timers::Timers::start(tx.clone(), term.lost().clone()),
             term,
             fence: None,
             finished: VecDeque::new(),
@@ -985,14 +987,8 @@ impl Runtime {
                 self.tx.clone(),
             )));
         }
-        let now = now_ms();
         for (job, at, timer) in round.timers {
-            let tx = self.tx.clone();
-            let delay = Duration::from_millis(at.saturating_sub(now));
-            tokio::spawn(lost.clone().run_until_cancelled_owned(async move {
-                tokio::time::sleep(delay).await;
-                let _ = tx.send(Input::Timer { job, timer }).await;
-            }));
+            self.timers.set(job, at, timer);
         }
         // 4. Results are acknowledged only now that their effect is journaled, each one
         //    (explicit acks: a cumulative one could cover a result lost in delivery, which

@@ -29,6 +29,9 @@ enum Command {
     /// Agents for `drover bench` (internal).
     #[command(hide = true, name = "bench-agents")]
     BenchAgents(cmd::bench::BenchAgentsArgs),
+    /// The bare-NATS floor for `drover bench` (internal).
+    #[command(hide = true, name = "bench-floor")]
+    BenchFloor(cmd::bench::BenchFloorArgs),
     /// Run a controller (REST API, job engine) against an existing NATS.
     Controller(cmd::controller::ControllerArgs),
     /// Start a whole local fleet: nats-server, controller and N agents.
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchAgents(args) => cmd::bench::run_agents(args),
+        Command::BenchFloor(args) => cmd::bench::run_floor(args),
         Command::Controller(args) => cmd::controller::run(args),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Run(args) => cmd::run::run(args),
