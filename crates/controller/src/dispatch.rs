@@ -6,21 +6,28 @@ use drover_bus::request_json;
 use drover_core::wire::{Command, CommandId, Names, Reply, ReplyStatus, Request};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Deliver a command; report a refusal or a node that never acknowledged.
+/// Stops (before its next send) once `stop` is cancelled: the term that sent it ended.
+/// (A check, not a `select!` around the whole future: wrapping it in
+/// `run_until_cancelled_owned` tripled its size, to 7.4 KB per command in flight.)
 pub async fn send_command(
     client: async_nats::Client,
     names: Names,
     cmd: Command,
     tx: mpsc::Sender<Input>,
-    ack_timeout: Duration,
-    ack_deadline: Duration,
+    (ack_timeout, ack_deadline): (Duration, Duration),
+    stop: CancellationToken,
 ) {
     let subject = names.command(&cmd.id.node);
     let started = Instant::now();
     let request = Request::Run(cmd.clone());
     let mut delay = Duration::from_millis(100);
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
             Ok(reply) => match reply.status {
                 // The result came with the answer (a quick command, or one that had
@@ -63,13 +70,16 @@ pub async fn send_cancel(
     client: async_nats::Client,
     names: Names,
     id: CommandId,
-    epoch: u64,
-    ack_timeout: Duration,
+    (epoch, ack_timeout): (u64, Duration),
     tx: mpsc::Sender<Input>,
+    stop: CancellationToken,
 ) {
     let subject = names.command(&id.node);
     let request = Request::Cancel { id: id.clone(), epoch };
     for _ in 0..3 {
+        if stop.is_cancelled() {
+            return;
+        }
         match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
             Ok(r) => {
                 tracing::debug!(key = %id, status = ?r.status, "cancel delivered");

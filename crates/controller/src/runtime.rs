@@ -968,24 +968,24 @@ impl Runtime {
         let lost = self.term.lost().clone();
         for cmd in round.commands {
             self.metrics.commands.inc();
-            tokio::spawn(lost.clone().run_until_cancelled_owned(dispatch::send_command(
+            tokio::spawn(dispatch::send_command(
                 self.client.clone(),
                 self.topo.names.clone(),
                 cmd,
                 self.tx.clone(),
-                self.cfg.ack_timeout,
-                self.cfg.ack_deadline,
-            )));
+                (self.cfg.ack_timeout, self.cfg.ack_deadline),
+                lost.clone(),
+            ));
         }
         for id in round.cancels {
-            tokio::spawn(lost.clone().run_until_cancelled_owned(dispatch::send_cancel(
+            tokio::spawn(dispatch::send_cancel(
                 self.client.clone(),
                 self.topo.names.clone(),
                 id,
-                self.term.epoch,
-                self.cfg.ack_timeout,
+                (self.term.epoch, self.cfg.ack_timeout),
                 self.tx.clone(),
-            )));
+                lost.clone(),
+            ));
         }
         for (job, at, timer) in round.timers {
             self.timers.set(job, at, timer);
