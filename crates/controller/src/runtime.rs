@@ -538,11 +538,14 @@ impl Runtime {
                     }
                     Some(_) => self.apply(&job, event, now, round).map_err(|e| Refusal::Conflict(e.to_string())),
                 };
+                // The status it leads to, for a job that finishes and leaves memory in the
+                // same round (too many finished jobs retained) before the answer is sent.
+                let status_now = self.jobs.get(&job).map(|e| e.job.status()).unwrap_or(JobStatus::Pending);
                 replies.push(Box::new(move |rt: &Runtime| {
                     let r = r.map(|_| OperatorReply {
                         job_id: job.clone(),
                         accepted: name.to_string(),
-                        status: rt.jobs.get(&job).map(|e| e.job.status()).unwrap_or(JobStatus::Pending),
+                        status: rt.jobs.get(&job).map_or(status_now, |e| e.job.status()),
                     });
                     let _ = reply.send(r);
                 }));
