@@ -7,7 +7,6 @@
 mod common;
 
 use common::{Fleet, Options};
-use drover_core::api::Health;
 use drover_core::engine::JobStatus;
 use std::time::{Duration, Instant};
 
@@ -24,38 +23,6 @@ impl Drop for Proc {
     }
 }
 
-async fn health(fleet: &Fleet, url: &str) -> Option<Health> {
-    let r = fleet.http.get(format!("{url}/v1/health")).send().await.ok()?;
-    r.json().await.ok()
-}
-
-/// Wait until the controller at `url` reports `role`; returns its health.
-async fn wait_role(fleet: &Fleet, url: &str, role: &str, limit: Duration) -> Health {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(h) = health(fleet, url).await
-            && h.role.as_deref() == Some(role)
-        {
-            return h;
-        }
-        assert!(Instant::now() < deadline, "{url} not {role} within {limit:?}:\n{}", fleet.controller_logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn post(fleet: &Fleet, url: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let r = fleet
-        .http
-        .post(format!("{url}{path}"))
-        .header("content-type", "application/yaml")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST");
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_leader_and_runs_nothing_twice() {
     let args = |id: &str| ["--id", id, "--lease-ttl", TTL].iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -69,37 +36,24 @@ async fn a_standby_takes_over_from_a_killed_leader_and_runs_nothing_twice() {
     let a_url = fleet.url.clone();
     let (b, b_url) = fleet.controller_process(&["--id", "b", "--lease-ttl", TTL]).await;
     let _b = Proc(b);
-    let a = wait_role(&fleet, &a_url, "leader", Duration::from_secs(5)).await;
-    let standby = wait_role(&fleet, &b_url, "standby", Duration::from_secs(5)).await;
+    let a = fleet.wait_role(&a_url, "leader", Duration::from_secs(5)).await;
+    let standby = fleet.wait_role(&b_url, "standby", Duration::from_secs(5)).await;
     assert_eq!(standby.leader.as_deref(), Some("a"));
 
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let plan = format!(
-        r#"name: ha
-targets: {{all: true}}
-rollout: {{strategy: rolling, batch: 2}}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: flaky, action: test.flaky, with: {{fail_times: 1}}, retries: 1, retry_backoff: 200ms}}
-  - {{name: wait, action: sleep, with: {{duration: 500ms}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    );
+    let plan = fleet.append_plan("ha", "{strategy: rolling, batch: 2}", "500ms", Some("200ms"));
     // Submitted to the standby: it reaches the leader, which admits and runs it.
-    let (code, v) = post(&fleet, &b_url, "/v1/jobs", &plan).await;
+    let (code, v) = fleet.post_to(&b_url, "/v1/jobs", &plan, "application/yaml").await;
     assert_eq!(code, 201, "{v}");
     let id = v["job_id"].as_str().expect("job_id").to_string();
     // Reads and operator commands through the standby, too.
-    let (code, v) = post(&fleet, &b_url, &format!("/v1/jobs/{id}/pause"), "").await;
+    let (code, v) = fleet.post_to(&b_url, &format!("/v1/jobs/{id}/pause"), "", "application/yaml").await;
     assert_eq!((code, v["accepted"].as_str()), (200, Some("pause")), "{v}");
     let seen = fleet.wait_status(&id, &[JobStatus::Paused], LIMIT).await;
     assert_eq!(seen.report.status, JobStatus::Paused);
     let via_b: serde_json::Value =
         fleet.http.get(format!("{b_url}/v1/jobs/{id}")).send().await.expect("GET").json().await.expect("JSON");
     assert_eq!(via_b["status"], "paused", "{via_b}");
-    let (code, v) = post(&fleet, &b_url, &format!("/v1/jobs/{id}/resume"), "").await;
+    let (code, v) = fleet.post_to(&b_url, &format!("/v1/jobs/{id}/resume"), "", "application/yaml").await;
     assert_eq!(code, 200, "{v}");
 
     // The leader dies in the middle of the job (after the first batch).
@@ -125,12 +79,12 @@ steps:
         fleet.http.get(format!("{b_url}/v1/jobs/{id}")).send().await.expect("GET").json().await.expect("JSON");
     assert_eq!(job["job_id"].as_str(), Some(id.as_str()), "{job}");
     // (A dry run, harmless if the standby has led by then.)
-    let (code, v) = post(&fleet, &b_url, "/v1/jobs?dry_run=true", &plan).await;
+    let (code, v) = fleet.post_to(&b_url, "/v1/jobs?dry_run=true", &plan, "application/yaml").await;
     if killed.elapsed() < Duration::from_millis(800) {
         assert_eq!(code, 503, "{v}");
         assert!(v["error"].as_str().is_some_and(|e| e.contains("no controller leads")), "{v}");
     }
-    let b_health = wait_role(&fleet, &b_url, "leader", Duration::from_secs(10)).await;
+    let b_health = fleet.wait_role(&b_url, "leader", Duration::from_secs(10)).await;
     let takeover = killed.elapsed();
     eprintln!("takeover: the standby led {} ms after the leader was killed (lease TTL {TTL})", takeover.as_millis());
     assert!(b_health.epoch > a.epoch, "the takeover raised the epoch: {:?} then {:?}", a.epoch, b_health.epoch);
@@ -140,8 +94,7 @@ steps:
     let v = fleet.wait_final(&id, LIMIT).await;
     assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}\n{}", v.report, fleet.controller_logs());
     for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
-        let lines = std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default();
-        assert_eq!(lines, "first\nlast\n", "side effects on {n}");
+        assert_eq!(fleet.side_effects(n), "first\nlast\n", "side effects on {n}");
         assert_eq!(v.report.nodes[n].steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
     }
 
@@ -149,10 +102,10 @@ steps:
     // standby instead of taking it back.
     let (a2, a2_url) = fleet.controller_process(&["--id", "a", "--lease-ttl", TTL]).await;
     let _a2 = Proc(a2);
-    let h = wait_role(&fleet, &a2_url, "standby", Duration::from_secs(5)).await;
+    let h = fleet.wait_role(&a2_url, "standby", Duration::from_secs(5)).await;
     assert_eq!(h.leader.as_deref(), Some("b"));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(health(&fleet, &b_url).await.and_then(|h| h.role), Some("leader".into()));
+    assert_eq!(fleet.health(&b_url).await.and_then(|h| h.role), Some("leader".into()));
     fleet.stop().await;
 }
 
@@ -165,7 +118,7 @@ steps:
 async fn a_newer_takeover_line_makes_the_stream_refuse_the_old_leader_s_writes() {
     let fleet = Fleet::start(Options { agents: 2, ..Options::default() }).await;
     let url = fleet.url.clone();
-    let before = wait_role(&fleet, &url, "leader", Duration::from_secs(5)).await;
+    let before = fleet.wait_role(&url, "leader", Duration::from_secs(5)).await;
     // Another controller's takeover line (as written by one that took the lease).
     let client = drover_bus::connect(&fleet.nats_urls, "intruder").await.expect("connect");
     let names = drover_core::wire::Names::default();
@@ -175,13 +128,13 @@ async fn a_newer_takeover_line_makes_the_stream_refuse_the_old_leader_s_writes()
     ack.await.expect("stored");
 
     let plan = "name: fenced\ntargets: {all: true}\nsteps:\n  - {name: a, action: echo, with: {message: hi}}\n";
-    let (code, v) = post(&fleet, &url, "/v1/jobs", plan).await;
+    let (code, v) = fleet.post_to(&url, "/v1/jobs", plan, "application/yaml").await;
     assert_eq!(code, 503, "the old term's write must be refused: {v}");
     assert!(v["error"].as_str().is_some_and(|e| e.contains("may or may not have been done")), "{v}");
     // It leads again, above the newer line, and the refused job was never kept.
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {
-        if let Some(h) = health(&fleet, &url).await
+        if let Some(h) = fleet.health(&url).await
             && h.role.as_deref() == Some("leader")
             && h.epoch > Some(99)
         {

@@ -30,35 +30,13 @@ async fn kill_at(fleet: &mut Fleet, job: &str, delays_ms: &[u64]) -> drover_core
     v
 }
 
-fn lines(fleet: &Fleet, node: &str) -> String {
-    std::fs::read_to_string(fleet.path("out").join(format!("{node}.log"))).unwrap_or_default()
-}
-
-/// A plan on every node whose first and last steps append a line to the node's file in
-/// the fleet's `out` dir, with a sleep of `wait` between them (the window for a fault).
-fn append_plan(fleet: &Fleet, name: &str, rollout: &str, wait: &str) -> String {
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    format!(
-        r#"name: {name}
-targets: {{all: true}}
-rollout: {rollout}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: wait, action: sleep, with: {{duration: {wait}}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    )
-}
-
 /// The job succeeded, every node ran each step exactly once, and every node is seen
 /// online afterwards (the registry kept following heartbeats).
 async fn assert_succeeded_once(fleet: &Fleet, id: &str, nodes: &[&str]) {
     let v = fleet.wait_final(id, LIMIT).await;
     assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
     for n in nodes {
-        assert_eq!(lines(fleet, n), "first\nlast\n", "side effects on {n}");
+        assert_eq!(fleet.side_effects(n), "first\nlast\n", "side effects on {n}");
     }
     fleet.wait_nodes(nodes.len()).await;
 }
@@ -66,20 +44,7 @@ async fn assert_succeeded_once(fleet: &Fleet, id: &str, nodes: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_controller_resumes_a_rolling_job_with_retries_and_runs_nothing_twice() {
     let mut fleet = crash_fleet(6).await;
-    let out = fleet.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let plan = format!(
-        r#"name: crash
-targets: {{all: true}}
-rollout: {{strategy: rolling, batch: 2, batch_delay: 200ms}}
-steps:
-  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
-  - {{name: flaky, action: test.flaky, with: {{fail_times: 1}}, retries: 1, retry_backoff: 300ms}}
-  - {{name: wait, action: sleep, with: {{duration: 400ms}}}}
-  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
-"#,
-        dir = out.display()
-    );
+    let plan = fleet.append_plan("crash", "{strategy: rolling, batch: 2, batch_delay: 200ms}", "400ms", Some("300ms"));
     let id = fleet.submit(&plan).await;
     // 12 kill points spread over the job (the controller is down ~0.1-0.2 s each time
     // while agents go on): dispatches, retry backoffs, sleeps, batch delays, results.
@@ -87,7 +52,7 @@ steps:
     assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
     assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&6));
     for n in ["n1", "n2", "n3", "n4", "n5", "n6"] {
-        assert_eq!(lines(&fleet, n), "first\nlast\n", "side effects on {n}");
+        assert_eq!(fleet.side_effects(n), "first\nlast\n", "side effects on {n}");
         let steps = &v.report.nodes[n].steps;
         assert_eq!(steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
     }
@@ -119,7 +84,7 @@ steps:
     let v = kill_at(&mut fleet, &id, &[120, 200, 90, 160, 220, 110, 180, 140]).await;
     assert_eq!(v.report.status, JobStatus::RolledBack, "{:?}", v.report);
     for n in ["n1", "n2", "n3", "n4"] {
-        assert_eq!(lines(&fleet, n), "change\nundo\n", "side effects on {n}");
+        assert_eq!(fleet.side_effects(n), "change\nundo\n", "side effects on {n}");
     }
     assert_eq!(v.report.nodes["n3"].outcome, NodeOutcome::RolledBack);
     fleet.stop().await;
@@ -151,7 +116,7 @@ async fn queued_and_finished_jobs_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_restart_mid_job_loses_nothing_and_runs_nothing_twice() {
     let mut fleet = Fleet::start(Options { agents: 3, ..Options::default() }).await;
-    let id = fleet.submit(&append_plan(&fleet, "nats-restart", "{strategy: rolling, batch: 1}", "700ms")).await;
+    let id = fleet.submit(&fleet.append_plan("nats-restart", "{strategy: rolling, batch: 1}", "700ms", None)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Same port, same store: the controller and the agents reconnect.
     let t = std::time::Instant::now();
@@ -205,7 +170,7 @@ async fn a_three_server_cluster_losing_a_server_mid_job_loses_nothing() {
     // Streams and buckets replicated on 3 servers; the controller and the agents know
     // every server. The first server (the one clients try first) goes away mid-job.
     let mut fleet = Fleet::start(Options { agents: 3, cluster: 3, ..Options::default() }).await;
-    let id = fleet.submit(&append_plan(&fleet, "cluster", "{strategy: rolling, batch: 1}", "700ms")).await;
+    let id = fleet.submit(&fleet.append_plan("cluster", "{strategy: rolling, batch: 1}", "700ms", None)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.server.stop();
     assert_succeeded_once(&fleet, &id, &["n1", "n2", "n3"]).await;
@@ -225,7 +190,7 @@ async fn a_partitioned_agent_is_unreachable_and_rejoins_without_stale_work() {
     let fleet = Fleet::start(Options { agents: 1, nats_host: Some(ns.host_ip.clone()), ..Options::default() }).await;
     let mut agent = fleet.spawn_agent_process_in("p1", Some(&ns.name));
     fleet.wait_nodes(2).await;
-    let plan = append_plan(&fleet, "partition", "{max_failures: 1}", "2s");
+    let plan = fleet.append_plan("partition", "{max_failures: 1}", "2s", None);
     let id = fleet.submit(&plan).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     ns.link(false);
@@ -240,8 +205,8 @@ async fn a_partitioned_agent_is_unreachable_and_rejoins_without_stale_work() {
     let after = fleet.job(&id).await;
     assert_eq!(after.report.status, v.report.status);
     assert_eq!(after.report.nodes["p1"].outcome, NodeOutcome::Unreachable);
-    assert_eq!(lines(&fleet, "p1"), "first\n", "p1 ran only what it had before the partition");
-    assert_eq!(lines(&fleet, "n1"), "first\nlast\n");
+    assert_eq!(fleet.side_effects("p1"), "first\n", "p1 ran only what it had before the partition");
+    assert_eq!(fleet.side_effects("n1"), "first\nlast\n");
     let _ = agent.kill();
     let _ = agent.wait();
     fleet.stop().await;

@@ -127,15 +127,29 @@ impl Fleet {
 
     /// Wait until the controller at `url` leads.
     pub async fn wait_leader(&self, url: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.wait_role(url, "leader", Duration::from_secs(15)).await;
+    }
+
+    /// `GET /v1/health` of the controller at `url` (`None` while it does not answer).
+    pub async fn health(&self, url: &str) -> Option<drover_core::api::Health> {
+        let r = self.http.get(format!("{url}/v1/health")).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    /// Wait until the controller at `url` reports `role` (`leader` or `standby`).
+    pub async fn wait_role(&self, url: &str, role: &str, limit: Duration) -> drover_core::api::Health {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(r) = self.http.get(format!("{url}/v1/health")).send().await
-                && let Ok(h) = r.json::<drover_core::api::Health>().await
-                && h.role.as_deref() == Some("leader")
+            if let Some(h) = self.health(url).await
+                && h.role.as_deref() == Some(role)
             {
-                return;
+                return h;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{url} did not lead in 15s:\n{}", self.controller_logs());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} not {role} within {limit:?}:\n{}",
+                self.controller_logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -270,9 +284,14 @@ impl Fleet {
     }
 
     pub async fn post(&self, path: &str, body: &str, content_type: &str) -> (u16, serde_json::Value) {
+        self.post_to(&self.url, path, body, content_type).await
+    }
+
+    /// POST to the controller at `url` (another one than the fleet's).
+    pub async fn post_to(&self, url: &str, path: &str, body: &str, content_type: &str) -> (u16, serde_json::Value) {
         let r = self
             .http
-            .post(format!("{}{path}", self.url))
+            .post(format!("{url}{path}"))
             .header("content-type", content_type)
             .body(body.to_string())
             .send()
@@ -318,6 +337,35 @@ impl Fleet {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The lines a node's steps appended to its file in the fleet's `out` dir.
+    pub fn side_effects(&self, node: &str) -> String {
+        std::fs::read_to_string(self.path("out").join(format!("{node}.log"))).unwrap_or_default()
+    }
+
+    /// A plan on every node whose first and last steps append a line to the node's file
+    /// in the fleet's `out` dir, with a sleep of `wait` between them (the window for a
+    /// fault), after a step that fails once and is retried after `flaky_backoff`, if given.
+    pub fn append_plan(&self, name: &str, rollout: &str, wait: &str, flaky_backoff: Option<&str>) -> String {
+        let out = self.path("out");
+        std::fs::create_dir_all(&out).expect("out dir");
+        let flaky = flaky_backoff.map_or(String::new(), |b| {
+            format!(
+                "  - {{name: flaky, action: test.flaky, with: {{fail_times: 1}}, retries: 1, retry_backoff: {b}}}\n"
+            )
+        });
+        format!(
+            r#"name: {name}
+targets: {{all: true}}
+rollout: {rollout}
+steps:
+  - {{name: first, action: shell, with: {{command: "echo first >> {dir}/{{{{node.id}}}}.log"}}}}
+{flaky}  - {{name: wait, action: sleep, with: {{duration: {wait}}}}}
+  - {{name: last, action: shell, with: {{command: "echo last >> {dir}/{{{{node.id}}}}.log"}}}}
+"#,
+            dir = out.display()
+        )
     }
 
     pub async fn stop(mut self) {
