@@ -102,13 +102,16 @@ impl Shared {
         });
     }
 
-    /// Run `f` on the state (with its journal I/O) off the async threads.
-    async fn with_state<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&mut State) -> T + Send + 'static) -> T {
-        let me = self.clone();
-        match tokio::task::spawn_blocking(move || f(&mut me.lock())).await {
-            Ok(t) => t,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+    /// Run `f` on the state, with its journal I/O, on this thread.
+    ///
+    /// Inline on purpose: a journal append is a few hundred bytes and one `fdatasync`,
+    /// on the critical path of the only command that waits for it, and appends are
+    /// serialized by this lock either way. A hop to the blocking pool costs two thread
+    /// wake-ups per append, which measured as the largest share of the agents' CPU in
+    /// `drover bench` (docs/PERFORMANCE.md). Other tasks (heartbeats, other commands)
+    /// keep running on the runtime's other worker threads meanwhile.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.lock())
     }
 
     fn max_payload(&self) -> usize {
@@ -220,8 +223,7 @@ impl Agent {
             done: false,
         };
         // What the previous run left behind (its processes are already gone, see above).
-        let pending = shared
-            .with_state(|st| {
+        let pending = shared.with_state(|st| {
                 let Some(j) = st.journal.as_mut() else { return Vec::new() };
                 for id in j.unfinished() {
                     tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
@@ -232,12 +234,11 @@ impl Agent {
                     }
                 }
                 j.unpublished()
-            })
-            .await;
+            });
         for result in pending {
             let s = shared.clone();
             tracing::info!(key = %result.id, outcome = ?result.outcome, "publishing a result left from the previous run");
-            shared.spawn(async move { publish_and_mark(&s, &result, Delivery::Publish).await });
+            shared.spawn(async move { publish_and_mark(&s, &result).await });
         }
         let subject = shared.cfg.names.command(&node_id);
         let sub = client
@@ -354,6 +355,9 @@ impl AgentHandle {
         }
         s.heartbeat(AgentStatus::Stopped, true).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
+        if let Some(Err(e)) = s.with_state(|st| st.journal.as_mut().map(|j| j.flush())) {
+            tracing::warn!(error = %e, "cannot write the last delivery marks (those results are published again at the next start)");
+        }
         self.kill_now();
         tracing::info!(node = %s.node_id, "agent stopped");
     }
@@ -507,8 +511,7 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
             let node = s.node_id.clone();
             let key = id.key();
             let fits = s.max_payload() / 2;
-            let answer = s
-                .with_state(move |st| {
+            let answer = s.with_state(|st| {
                     let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
                     let Some(j) = st.journal.as_mut() else {
                         return refuse("the agent is stopping".to_string());
@@ -543,21 +546,19 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                         }
                         None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
                     }
-                })
-                .await;
+                });
             tracing::info!(key = %key, status = ?answer.status, "cancel request");
             send_reply(&s, &msg, answer).await;
         }
         Request::Run(cmd) => {
             let key = cmd.id.key();
-            let me = s.clone();
-            let decision = s.with_state(move |st| decide(&me, st, cmd)).await;
+            let decision = s.with_state(|st| decide(&s, st, cmd));
             match decision {
                 Decision::Rejected(reason, result) => {
                     tracing::warn!(key = %key, reason = %reason, "command rejected");
                     reply(&s, &msg, ReplyStatus::Rejected, Some(reason)).await;
                     if let Some(r) = result {
-                        publish_and_mark(&s, &r, Delivery::Publish).await;
+                        publish_and_mark(&s, &r).await;
                     }
                 }
                 Decision::Duplicate(result) => {
@@ -567,7 +568,7 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                     send_reply(&s, &msg, Reply { status: ReplyStatus::Duplicate, reason: None, result: attached })
                         .await;
                     if let Some(r) = result {
-                        publish_and_mark(&s, &r, Delivery::Publish).await;
+                        publish_and_mark(&s, &r).await;
                     }
                 }
                 Decision::Accepted(cmd, token) => {
@@ -596,15 +597,11 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                         error = result.error.as_deref().unwrap_or(""),
                         "command finished"
                     );
-                    let r = result.clone();
-                    let k = key.clone();
-                    let (journaled, resent) = s
-                        .with_state(move |st| {
-                            st.running.remove(&k);
-                            let resent = st.resent.remove(&k);
-                            (st.journal.as_mut().map(|j| j.finish(r)), resent)
-                        })
-                        .await;
+                    let (journaled, resent) = s.with_state(|st| {
+                        st.running.remove(&key);
+                        let resent = st.resent.remove(&key);
+                        (st.journal.as_mut().map(|j| j.finish(result.clone())), resent)
+                    });
                     let durable = match journaled {
                         None => return, // killed meanwhile
                         Some(Err(e)) => {
@@ -619,6 +616,9 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                         // A copy of the command that came meanwhile was answered
                         // `duplicate` with no result: its sender waits for the published
                         // one (and may no longer wait for this answer).
+                        // The controller stores what it gets in replies, so the result
+                        // needs no publication: it is delivered once the reply is sent (a
+                        // lost reply means a re-sent command, answered from the journal).
                         if durable && !resent && fits_in_reply(&s, &result) {
                             let done = Reply {
                                 status: ReplyStatus::Done,
@@ -626,12 +626,12 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                                 result: Some(Box::new(result.clone())),
                             };
                             send_reply(&s, &msg, done).await;
-                            publish_and_mark(&s, &result, Delivery::Record).await;
+                            s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
                             return;
                         }
                         reply(&s, &msg, ReplyStatus::Accepted, None).await;
                     }
-                    publish_and_mark(&s, &result, Delivery::Publish).await;
+                    publish_and_mark(&s, &result).await;
                 }
             }
         }
@@ -851,35 +851,19 @@ fn cut_str(s: &str, max: usize) -> &str {
     &s[..i]
 }
 
-/// Where a result goes in the results stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    /// On `result.<job>.<node>`, which the controller consumes.
-    Publish,
-    /// On `result.<job>.<node>.record`: the controller has it from the reply already.
-    Record,
-}
-
 /// Whether a result travels in a reply: well under the message size limit, so that a
 /// large one takes the published path (with the object store).
 fn fits_in_reply(s: &Shared, r: &StepResult) -> bool {
     serde_json::to_vec(r).is_ok_and(|b| b.len() <= s.max_payload() / 2)
 }
 
-/// Publish a result to the results stream (retrying with backoff until acknowledged or
-/// given up), then mark it published in the journal.
-async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult, delivery: Delivery) {
+/// Publish a result to the results stream on `result.<job>.<node>`, which the controller
+/// consumes (retrying with backoff until acknowledged or given up), then mark it
+/// delivered in the journal.
+async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
     let key = result.id.key();
-    let subject = match delivery {
-        Delivery::Publish => s.cfg.names.result(&result.id.job, &result.id.node),
-        Delivery::Record => s.cfg.names.result_record(&result.id.job, &result.id.node),
-    };
-    // The stream drops a message whose id it has seen (across subjects): a record must
-    // not stop the same result from being published later.
-    let msg_id = match delivery {
-        Delivery::Publish => key.clone(),
-        Delivery::Record => format!("{key}/record"),
-    };
+    let subject = s.cfg.names.result(&result.id.job, &result.id.node);
+    let msg_id = key.clone();
     let limit = s.max_payload();
     let whole = serde_json::to_vec(result).unwrap_or_default();
     let payload = if whole.len() > limit {
@@ -914,11 +898,7 @@ async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult, delivery: Delive
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     tracing::debug!(key = %key, subject = %subject, "result published");
-    let k = key.clone();
-    let marked = s.with_state(move |st| st.journal.as_mut().map(|j| j.mark_published(&k))).await;
-    if let Some(Err(e)) = marked {
-        tracing::warn!(key = %key, error = %e, "cannot mark the result published (it will be published again)");
-    }
+    s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
 }
 
 #[cfg(test)]

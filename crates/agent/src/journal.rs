@@ -11,9 +11,12 @@
 //! {"t":"published","at_ms":..,"key":"j1/web-1/0/1"}
 //! ```
 //!
-//! `accepted`, `result` and `epoch` lines are fsynced; `published` lines are not (losing
-//! one only means the result is published again after a crash, and the results stream
-//! drops the copy by its `Nats-Msg-Id`).
+//! `accepted`, `result` and `epoch` lines are fsynced. A `published` line says the result
+//! reached the controller (in the reply to its command, or acknowledged by the results
+//! stream). It is not fsynced, nor even written at once: it goes out with the next line
+//! appended, at the next compaction, or at a graceful stop ([`Journal::flush`]). Losing one
+//! only means the result is published again after a crash; the results stream drops the
+//! copy by its `Nats-Msg-Id`, and the controller ignores a result it already applied.
 //!
 //! The whole file is loaded into an index when the agent starts, then compacted: rewritten
 //! (to a temporary file, fsynced, renamed) with only the live entries. A torn last line
@@ -105,6 +108,8 @@ pub struct Journal {
     retention: Retention,
     appended: usize,
     skipped: usize,
+    /// `published` lines not written yet (see the module docs).
+    unwritten: Vec<u8>,
 }
 
 impl Journal {
@@ -166,6 +171,7 @@ impl Journal {
             retention,
             appended: 0,
             skipped,
+            unwritten: Vec::new(),
         };
         j.compact()?;
         Ok(j)
@@ -225,12 +231,23 @@ impl Journal {
         self.append(Line::Result { at_ms: now_ms(), result: Box::new(result) }, true)
     }
 
-    /// Record that a result was acknowledged by the results stream (not fsynced).
-    pub fn mark_published(&mut self, key: &str) -> std::io::Result<()> {
+    /// Record that a result reached the controller: at once in memory, in the file with
+    /// the next append (see the module docs).
+    pub fn mark_delivered(&mut self, key: &str) {
         if self.cmds.get(key).is_none_or(|e| e.published) {
-            return Ok(());
+            return;
         }
-        self.append(Line::Published { at_ms: now_ms(), key: key.to_string() }, false)
+        let line = Line::Published { at_ms: now_ms(), key: key.to_string() };
+        if let Ok(bytes) = serde_json::to_vec(&line) {
+            self.unwritten.extend_from_slice(&bytes);
+            self.unwritten.push(b'\n');
+        }
+        apply(&mut self.cmds, &mut self.epochs, line);
+    }
+
+    /// Write the `published` lines not written yet (at a graceful stop; not fsynced).
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.write_lines(Vec::new(), false)
     }
 
     /// fsync what was written.
@@ -268,13 +285,7 @@ impl Journal {
     fn append(&mut self, line: Line, sync: bool) -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
-        let res = self.file.write_all(&bytes).and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = res {
-            // Cut a partial line off so the next append starts on a line of its own.
-            let _ = self.file.set_len(self.len);
-            return Err(e);
-        }
-        self.len += bytes.len() as u64;
+        self.write_lines(bytes, sync)?;
         apply(&mut self.cmds, &mut self.epochs, line);
         self.appended += 1;
         if self.appended >= COMPACT_EVERY
@@ -283,6 +294,28 @@ impl Journal {
             tracing::warn!(journal = %self.path.display(), error = %e, "journal compaction failed; will retry later");
             self.appended = 0;
         }
+        Ok(())
+    }
+
+    /// Write the unwritten `published` lines, then `bytes` (whole lines), in one write.
+    fn write_lines(&mut self, bytes: Vec<u8>, sync: bool) -> std::io::Result<()> {
+        let bytes = if self.unwritten.is_empty() {
+            bytes
+        } else {
+            let mut all = std::mem::take(&mut self.unwritten);
+            all.extend_from_slice(&bytes);
+            all
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let res = self.file.write_all(&bytes).and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(e) = res {
+            // Cut a partial line off so the next append starts on a line of its own.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += bytes.len() as u64;
         Ok(())
     }
 
@@ -358,6 +391,8 @@ impl Journal {
         self.file = open_append(&self.path)?;
         self.len = written;
         self.appended = 0;
+        // The rewrite holds every `published` mark.
+        self.unwritten.clear();
         Ok(())
     }
 }
@@ -458,7 +493,7 @@ mod tests {
             let a = cmd("j1", 0, 1, 2);
             j.accept(a.clone()).unwrap();
             j.finish(result(&a, serde_json::json!({"m": 1}))).unwrap();
-            j.mark_published(&a.id.key()).unwrap();
+            j.mark_delivered(&a.id.key());
             let b = cmd("j1", 1, 1, 2);
             j.accept(b.clone()).unwrap();
             j.finish(result(&b, Value::Null)).unwrap();
@@ -497,6 +532,37 @@ mod tests {
     }
 
     #[test]
+    fn delivery_marks_are_written_with_the_next_line_or_a_flush() {
+        let d = tempfile::tempdir().unwrap();
+        let a = cmd("j1", 0, 1, 1);
+        let b = cmd("j1", 1, 1, 1);
+        {
+            let mut j = Journal::open(d.path(), Retention::default()).unwrap();
+            j.accept(a.clone()).unwrap();
+            j.finish(result(&a, Value::Null)).unwrap();
+            j.mark_delivered(&a.id.key());
+            assert!(j.unpublished().is_empty(), "delivered at once in memory");
+            // Dropped like a killed process: the mark was never written.
+        }
+        {
+            let mut j = Journal::open(d.path(), Retention::default()).unwrap();
+            assert_eq!(j.unpublished().len(), 1, "published again after a crash");
+            j.mark_delivered(&a.id.key());
+            j.accept(b.clone()).unwrap();
+        }
+        {
+            let mut j = Journal::open(d.path(), Retention::default()).unwrap();
+            assert!(j.unpublished().is_empty(), "written with the next line");
+            j.finish(result(&b, Value::Null)).unwrap();
+            j.mark_delivered(&b.id.key());
+            j.flush().unwrap();
+        }
+        let j = Journal::open(d.path(), Retention::default()).unwrap();
+        assert!(j.unpublished().is_empty(), "written by the flush");
+        assert!(j.get(&b.id.key()).is_some_and(|e| e.published));
+    }
+
+    #[test]
     fn retention_forgets_settled_commands_only() {
         let d = tempfile::tempdir().unwrap();
         let ret = Retention { max_age: Duration::from_secs(3600), max_commands: 2 };
@@ -506,7 +572,7 @@ mod tests {
             j.accept(c.clone()).unwrap();
             j.finish(result(&c, Value::Null)).unwrap();
             if step < 3 {
-                j.mark_published(&c.id.key()).unwrap();
+                j.mark_delivered(&c.id.key());
             }
         }
         j.accept(cmd("j1", 9, 1, 1)).unwrap();

@@ -236,15 +236,16 @@ async fn get_job_node(State(s): State<AppState>, Path((id, node)): Path<(String,
         Err(e) => return Err(e),
     };
     let steps = steps.ok_or_else(|| ApiFailure::new(StatusCode::NOT_FOUND, format!("no node {node} in job {id}")))?;
-    // Published results and the records of those returned in replies.
+    // Results the agent published, and those it returned in replies: stored by the
+    // controller a round at a time for the whole job (or, by earlier agents, one by one).
     let names = &s.topo.names;
     let mut results: Vec<StepResult> = Vec::new();
-    for subject in [names.result(&id, &node), names.result_record(&id, &node)] {
-        let read = read_subject(&s.topo, &names.results_stream(), &subject)
-            .await
-            .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?;
-        results.extend(read.into_iter().filter_map(|b| serde_json::from_slice::<StepResult>(&b).ok()));
-    }
+    let subjects = [names.result(&id, &node), names.result_record(&id, &node), names.replied_results(&id)];
+    let read = drover_bus::read_all_of(&s.topo.js, &names.results_stream(), &subjects)
+        .await
+        .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading results: {e}")))?;
+    let lines = read.iter().flat_map(|(_, b)| drover_core::wire::split_lines(b));
+    results.extend(lines.filter_map(|l| serde_json::from_slice::<StepResult>(l).ok()).filter(|r| r.id.node == node));
     // One copy of each (a record and a later re-publication can both exist), in order.
     results.sort_by_key(|r| r.finished_at_ms);
     let mut keys = std::collections::HashSet::new();
@@ -284,12 +285,6 @@ async fn whole_result(topo: &Topology, name: &str) -> Result<StepResult, String>
     let mut bytes = Vec::new();
     object.read_to_end(&mut bytes).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-}
-
-/// Every message on one subject of a stream, oldest first.
-pub async fn read_subject(topo: &Topology, stream: &str, subject: &str) -> Result<Vec<Bytes>, String> {
-    let all = drover_bus::read_all(&topo.js, stream, subject).await.map_err(|e| e.to_string())?;
-    Ok(all.into_iter().map(|(_, payload)| payload).collect())
 }
 
 #[derive(Deserialize)]

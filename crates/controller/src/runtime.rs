@@ -259,6 +259,9 @@ struct Fence {
 #[derive(Default)]
 struct Round {
     journal: Vec<(String, Vec<u8>)>,
+    /// Results that came in replies, stored for the record on `result.<job>.replied.batch`
+    /// (results published by agents are in the results stream already).
+    records: Vec<(String, Vec<u8>)>,
     commands: Vec<Command>,
     cancels: Vec<CommandId>,
     timers: Vec<(String, Millis, Timer)>,
@@ -552,6 +555,12 @@ impl Runtime {
             }
             Input::Result { result, msg } => {
                 self.metrics.results.inc();
+                if msg.is_none()
+                    && self.jobs.contains_key(&result.id.job)
+                    && let Ok(bytes) = serde_json::to_vec(&result)
+                {
+                    round.records.push((self.topo.names.replied_results(&result.id.job), bytes));
+                }
                 let id = &result.id;
                 let event = match id.kind {
                     CommandKind::Run => Event::StepResult {
@@ -932,8 +941,12 @@ impl Runtime {
         if !self.term.usable().await {
             return self.deposed(Commit::Lost);
         }
-        // 1. Journal and progress, all published at once, then every ack awaited.
-        if !write_all(&self.topo.js, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await {
+        // 1. Records of replied results, journal and progress, all published at once (the
+        //    records first, on the same connection), then every ack awaited.
+        let records = std::mem::take(&mut round.records);
+        if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref())
+            .await
+        {
             return self.deposed(Commit::Lost);
         }
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
@@ -952,7 +965,8 @@ impl Runtime {
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
-            if !write_all(&self.topo.js, std::mem::take(&mut next.journal), &self.term, self.fence.as_ref()).await {
+            let journal = std::mem::take(&mut next.journal);
+            if !write_all(&self.topo.js, Vec::new(), journal, &self.term, self.fence.as_ref()).await {
                 return self.deposed(Commit::Lost);
             }
             round.commands.extend(next.commands);
@@ -1115,12 +1129,54 @@ fn command(
 /// its sequence, so a line that landed twice is harmless on replay and to watchers).
 /// Each write expects `fence` to be the last takeover line. `false` when the term ended
 /// (a newer leader's takeover line, or the lease ran out) before everything was stored.
-async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term: &Term, fence: Option<&Fence>) -> bool {
+/// Write a round: `records` (results stream, not fenced: they are facts reported by
+/// agents, whoever stores them) first, then the journal `lines` (events stream, fenced),
+/// each subject's lines packed into as few messages as fit. Every message is sent before
+/// any ack is awaited; on one connection the records reach the server first, so a crash
+/// leaves no journaled result without its record. `false` once the term ended.
+async fn write_all(
+    js: &jetstream::Context,
+    records: Vec<(String, Vec<u8>)>,
+    lines: Vec<(String, Vec<u8>)>,
+    term: &Term,
+    fence: Option<&Fence>,
+) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
     let max_payload = match js.client().server_info().max_payload {
         0 => MAX_BATCH_BYTES,
         m => m.saturating_sub(4096).clamp(1024, MAX_BATCH_BYTES),
     };
+    let mut acks = Vec::new();
+    let mut failed = Vec::new();
+    for (lines, fence) in [(records, None), (lines, fence)] {
+        for (subject, lines) in by_subject(lines) {
+            for bytes in pack_lines(lines, max_payload) {
+                match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
+                    Ok(ack) => acks.push((subject.clone(), bytes, fence, ack)),
+                    Err(_) => failed.push((subject.clone(), bytes, fence)),
+                }
+            }
+        }
+    }
+    for (subject, bytes, fence, ack) in acks {
+        match ack.await {
+            Ok(_) => {}
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return superseded(term);
+            }
+            Err(_) => failed.push((subject, bytes, fence)),
+        }
+    }
+    for (subject, bytes, fence) in failed {
+        if !publish_retrying(js.clone(), subject, bytes, term, fence).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Lines grouped by subject, subjects in order of first appearance, lines in order.
+fn by_subject(lines: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<Vec<u8>>)> {
     let mut subjects: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (subject, bytes) in lines {
@@ -1130,31 +1186,7 @@ async fn write_all(js: &jetstream::Context, lines: Vec<(String, Vec<u8>)>, term:
         });
         subjects[i].1.push(bytes);
     }
-    let mut acks = Vec::with_capacity(subjects.len());
-    let mut failed = Vec::new();
-    for (subject, lines) in subjects {
-        for bytes in pack_lines(lines, max_payload) {
-            match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
-                Ok(ack) => acks.push((subject.clone(), bytes, ack)),
-                Err(_) => failed.push((subject.clone(), bytes)),
-            }
-        }
-    }
-    for (subject, bytes, ack) in acks {
-        match ack.await {
-            Ok(_) => {}
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                return superseded(term);
-            }
-            Err(_) => failed.push((subject, bytes)),
-        }
-    }
-    for (subject, bytes) in failed {
-        if !publish_retrying(js.clone(), subject, bytes, term, fence).await {
-            return false;
-        }
-    }
-    true
+    subjects
 }
 
 /// A journal message that the stream stores only while `fence` is still the last
@@ -1198,7 +1230,7 @@ async fn publish_retrying(
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return superseded(term),
             Err(_) if !term.usable().await => return false,
             Err(e) => {
-                tracing::warn!(%subject, "journal write failed, retrying: {e}");
+                tracing::warn!(%subject, "write failed, retrying: {e}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

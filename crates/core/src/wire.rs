@@ -55,10 +55,17 @@ impl Names {
         format!("{}.result.>", self.prefix)
     }
 
-    /// The record of a result the agent also returned in its reply (`ReplyStatus::Done`):
-    /// stored with the others, not consumed by the controller.
+    /// Where earlier agents stored a copy of a result they also returned in their reply
+    /// (`ReplyStatus::Done`); still read, no longer written.
     pub fn result_record(&self, job: &str, node: &str) -> String {
         format!("{}.result.{job}.{node}.record", self.prefix)
+    }
+
+    /// The results of a job that came back in replies, stored by the controller: JSON
+    /// lines, a message per round (four tokens, so the controller's consumer of
+    /// `result.*.*` never takes it, and never a node's `.record` subject).
+    pub fn replied_results(&self, job: &str) -> String {
+        format!("{}.result.{job}.replied.batch", self.prefix)
     }
 
     /// What the controller consumes: results published on their own (not the records).
@@ -258,8 +265,8 @@ pub enum ReplyStatus {
     /// `result.<job>.<node>`.
     Accepted,
     /// New command that finished quickly: journaled, run, its result journaled and in
-    /// this reply; a copy for the record goes to `result.<job>.<node>.record`, which the
-    /// controller does not consume.
+    /// this reply, and not published (the controller stores the results it gets in
+    /// replies on `result.<job>.replied.batch`).
     Done,
     /// Seen before: running, or its recorded result was published again.
     Duplicate,
