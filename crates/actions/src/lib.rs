@@ -332,8 +332,9 @@ pub async fn run_action(
     params: Value,
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
-    let (act, schema) = preflight(registry, action, &params, ctx)?;
-    let secrets = redact::secret_values(schema, &params);
+    let act = preflight(registry, action, &params, ctx)?;
+    let secret = registry.secret_params(action);
+    let secrets = redact::secret_values(secret, &params);
     tracing::info!(
         action,
         job = %ctx.job_id,
@@ -341,7 +342,7 @@ pub async fn run_action(
         step = %ctx.step,
         attempt = ctx.attempt,
         dry_run = ctx.dry_run,
-        params = %redact::redact_params(schema, &params),
+        params = %redact::redact_params(secret, &params),
         "executing action"
     );
     let inner = inner_ctx(ctx);
@@ -357,8 +358,8 @@ pub async fn run_rollback(
     metadata: Value,
     ctx: &ExecContext,
 ) -> Result<ExecResult, ActionError> {
-    let (act, schema) = preflight(registry, action, &params, ctx)?;
-    let secrets = redact::secret_values(schema, &params);
+    let act = preflight(registry, action, &params, ctx)?;
+    let secrets = redact::secret_values(registry.secret_params(action), &params);
     tracing::info!(
         action,
         job = %ctx.job_id,
@@ -372,16 +373,14 @@ pub async fn run_rollback(
     Ok(finish(action, "rolled back", result, &secrets))
 }
 
-/// The action and its params schema (made once, with the registry), after the checks.
-fn preflight<'r>(
-    registry: &'r Registry,
+/// The action, after the checks.
+fn preflight(
+    registry: &Registry,
     action: &str,
     params: &Value,
     ctx: &ExecContext,
-) -> Result<(Arc<dyn Action>, &'r Value), ActionError> {
-    let unknown = || ActionError::UnknownAction(action.to_string());
-    let act = registry.get(action).ok_or_else(unknown)?;
-    let schema = registry.schema(action).ok_or_else(unknown)?;
+) -> Result<Arc<dyn Action>, ActionError> {
+    let act = registry.get(action).ok_or_else(|| ActionError::UnknownAction(action.to_string()))?;
     ctx.policy.check_action(action)?;
     registry.validate_params(action, params).map_err(ActionError::InvalidParams)?;
     for path in act.paths(params) {
@@ -390,7 +389,7 @@ fn preflight<'r>(
     if ctx.dry_run && !act.dry_run() {
         return Err(ActionError::DryRunUnsupported(action.to_string()));
     }
-    Ok((act, schema))
+    Ok(act)
 }
 
 fn finish(action: &str, verb: &str, mut result: ExecResult, secrets: &[String]) -> ExecResult {

@@ -30,12 +30,13 @@ fn strings_in(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The secret values found in `params`, longest first (so that a secret that
-/// contains another is replaced whole).
-pub fn secret_values(schema: &Value, params: &Value) -> Vec<String> {
+/// The secret values found in `params` under the secret param names `secret` (from
+/// [`secret_params`]), longest first (so that a secret that contains another is replaced
+/// whole).
+pub fn secret_values(secret: &[String], params: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for name in secret_params(schema) {
-        if let Some(v) = params.get(&name) {
+    for name in secret {
+        if let Some(v) = params.get(name) {
             strings_in(v, &mut out);
         }
     }
@@ -77,11 +78,11 @@ pub fn redact_result(r: &mut ExecResult, secrets: &[String]) {
     redact_value(&mut r.metadata, secrets);
 }
 
-/// `params` with every string inside a secret param replaced by `***`.
-pub fn redact_params(schema: &Value, params: &Value) -> Value {
+/// `params` with every string inside a secret param (named in `secret`) replaced by `***`.
+pub fn redact_params(secret: &[String], params: &Value) -> Value {
     let mut p = params.clone();
-    for name in secret_params(schema) {
-        if let Some(v) = p.get_mut(&name) {
+    for name in secret {
+        if let Some(v) = p.get_mut(name) {
             mask(v);
         }
     }
@@ -113,11 +114,13 @@ mod tests {
     #[test]
     fn finds_and_masks_secrets() {
         let params = json!({"token": "s3cr3t", "env": {"A": "abc", "B": "s3cr3t-long"}, "name": "n"});
-        let secrets = secret_values(&schema(), &params);
+        let names = secret_params(&schema());
+        assert_eq!(names, vec!["env", "token"]);
+        let secrets = secret_values(&names, &params);
         assert_eq!(secrets, vec!["s3cr3t-long", "s3cr3t", "abc"]);
         assert_eq!(redact_str("x s3cr3t-long y s3cr3t abc", &secrets), "x *** y *** ***");
         assert_eq!(
-            redact_params(&schema(), &params),
+            redact_params(&names, &params),
             json!({"token": "***", "env": {"A": "***", "B": "***"}, "name": "n"})
         );
         let mut r = ExecResult::failed("bad s3cr3t").with_stdout("s3cr3t").with_metadata(json!({"k": ["abc"]}));

@@ -25,6 +25,8 @@ struct Entry {
     schema: Value,
     validator: Option<jsonschema::Validator>,
     schema_error: Option<String>,
+    /// Names of the params marked secret in the schema (found once, here).
+    secret: Vec<String>,
 }
 
 /// The actions on offer, by name.
@@ -63,7 +65,8 @@ impl Registry {
         if let Some(e) = &schema_error {
             tracing::error!(action = action.name(), error = %e, "invalid params schema");
         }
-        self.entries.insert(action.name().to_string(), Entry { action, schema, validator, schema_error });
+        let secret = redact::secret_params(&schema);
+        self.entries.insert(action.name().to_string(), Entry { action, schema, validator, schema_error, secret });
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn Action>> {
@@ -125,14 +128,14 @@ impl Registry {
     /// `params` with the action's secret params replaced by `***` (for results and logs).
     pub fn redact_params(&self, action: &str, params: &Value) -> Value {
         match self.entries.get(action) {
-            Some(e) => redact::redact_params(&e.schema, params),
-            None => params.clone(),
+            Some(e) if !e.secret.is_empty() => redact::redact_params(&e.secret, params),
+            _ => params.clone(),
         }
     }
 
     /// Names of the action's secret params.
-    pub fn secret_params(&self, action: &str) -> Vec<String> {
-        self.entries.get(action).map(|e| redact::secret_params(&e.schema)).unwrap_or_default()
+    pub fn secret_params(&self, action: &str) -> &[String] {
+        self.entries.get(action).map(|e| e.secret.as_slice()).unwrap_or_default()
     }
 }
 

@@ -224,17 +224,17 @@ impl Agent {
         };
         // What the previous run left behind (its processes are already gone, see above).
         let pending = shared.with_state(|st| {
-                let Some(j) = st.journal.as_mut() else { return Vec::new() };
-                for id in j.unfinished() {
-                    tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
-                    let mut r = empty_result(&id, AttemptOutcome::Failed);
-                    r.error = Some(INTERRUPTED.to_string());
-                    if let Err(e) = j.finish(r) {
-                        tracing::error!(key = %id, error = %e, "cannot journal the interrupted step's result");
-                    }
+            let Some(j) = st.journal.as_mut() else { return Vec::new() };
+            for id in j.unfinished() {
+                tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
+                let mut r = empty_result(&id, AttemptOutcome::Failed);
+                r.error = Some(INTERRUPTED.to_string());
+                if let Err(e) = j.finish(r) {
+                    tracing::error!(key = %id, error = %e, "cannot journal the interrupted step's result");
                 }
-                j.unpublished()
-            });
+            }
+            j.unpublished()
+        });
         for result in pending {
             let s = shared.clone();
             tracing::info!(key = %result.id, outcome = ?result.outcome, "publishing a result left from the previous run");
@@ -512,41 +512,41 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
             let key = id.key();
             let fits = s.max_payload() / 2;
             let answer = s.with_state(|st| {
-                    let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
-                    let Some(j) = st.journal.as_mut() else {
-                        return refuse("the agent is stopping".to_string());
-                    };
-                    if id.node != node {
-                        return refuse(format!("cancel for node {} sent to node {node}", id.node));
+                let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
+                let Some(j) = st.journal.as_mut() else {
+                    return refuse("the agent is stopping".to_string());
+                };
+                if id.node != node {
+                    return refuse(format!("cancel for node {} sent to node {node}", id.node));
+                }
+                if let Some(seen) = j.epoch(&id.job)
+                    && epoch < seen
+                {
+                    return refuse(format!("stale epoch {epoch} < {seen}"));
+                }
+                if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
+                    && let Err(e) = j.sync()
+                {
+                    tracing::warn!(error = %e, "cannot fsync the journal");
+                }
+                let key = id.key();
+                // A finished command's recorded result goes back with the answer: the
+                // sender may be a restarted controller that never saw it.
+                let recorded = j
+                    .get(&key)
+                    .and_then(|e| e.result.clone())
+                    .filter(|r| serde_json::to_vec(r).is_ok_and(|b| b.len() <= fits))
+                    .map(Box::new);
+                match st.running.get(&key) {
+                    Some(t) => {
+                        t.cancel();
+                        // Its requester may be gone by the end: publish the result.
+                        st.resent.insert(key);
+                        Reply { status: ReplyStatus::Cancelling, reason: None, result: None }
                     }
-                    if let Some(seen) = j.epoch(&id.job)
-                        && epoch < seen
-                    {
-                        return refuse(format!("stale epoch {epoch} < {seen}"));
-                    }
-                    if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
-                        && let Err(e) = j.sync()
-                    {
-                        tracing::warn!(error = %e, "cannot fsync the journal");
-                    }
-                    let key = id.key();
-                    // A finished command's recorded result goes back with the answer: the
-                    // sender may be a restarted controller that never saw it.
-                    let recorded = j
-                        .get(&key)
-                        .and_then(|e| e.result.clone())
-                        .filter(|r| serde_json::to_vec(r).is_ok_and(|b| b.len() <= fits))
-                        .map(Box::new);
-                    match st.running.get(&key) {
-                        Some(t) => {
-                            t.cancel();
-                            // Its requester may be gone by the end: publish the result.
-                            st.resent.insert(key);
-                            Reply { status: ReplyStatus::Cancelling, reason: None, result: None }
-                        }
-                        None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
-                    }
-                });
+                    None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
+                }
+            });
             tracing::info!(key = %key, status = ?answer.status, "cancel request");
             send_reply(&s, &msg, answer).await;
         }
@@ -663,10 +663,17 @@ fn decide(s: &Shared, st: &mut State, cmd: Command) -> Decision {
         return Decision::Duplicate(result);
     }
     // What the journal keeps of the command: no secrets, no (possibly large) metadata.
-    let mut kept = cmd.clone();
-    kept.params = s.registry.redact_params(&cmd.action, &cmd.params);
-    kept.metadata = Value::Null;
-    kept.signature = None;
+    let kept = Command {
+        id: cmd.id.clone(),
+        epoch: cmd.epoch,
+        step_name: cmd.step_name.clone(),
+        action: cmd.action.clone(),
+        params: s.registry.redact_params(&cmd.action, &cmd.params),
+        metadata: Value::Null,
+        timeout_ms: cmd.timeout_ms,
+        issued_at_ms: cmd.issued_at_ms,
+        signature: None,
+    };
     if let Err(e) = j.raise_epoch(&cmd.id.job, cmd.epoch) {
         return Decision::Rejected(format!("cannot write the agent journal: {e}"), None);
     }

@@ -193,7 +193,18 @@ pub async fn request_json<Q: Serialize, R: DeserializeOwned>(
 ) -> Result<R, BusError> {
     let payload =
         serde_json::to_vec(body).map_err(|e| BusError::Decode { subject: subject.clone(), message: e.to_string() })?;
-    let req = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+    request_bytes(client, subject, payload.into(), timeout).await
+}
+
+/// Request/reply with a body already encoded (sent again as is), the answer decoded
+/// from JSON.
+pub async fn request_bytes<R: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<R, BusError> {
+    let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
     let msg = client.send_request(subject.clone(), req).await.map_err(|e| {
         let no_responders = matches!(e.kind(), async_nats::RequestErrorKind::NoResponders);
         BusError::Request { subject: subject.clone(), message: e.to_string(), no_responders }

@@ -2,7 +2,7 @@
 //! is declared lost.
 
 use crate::runtime::Input;
-use drover_bus::request_json;
+use drover_bus::{request_bytes, request_json};
 use drover_core::wire::{Command, CommandId, Names, Reply, ReplyStatus, Request};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -22,13 +22,22 @@ pub async fn send_command(
 ) {
     let subject = names.command(&cmd.id.node);
     let started = Instant::now();
-    let request = Request::Run(cmd.clone());
+    let id = cmd.id.clone();
+    // Encoded once: every copy sent is the same bytes.
+    let payload: bytes::Bytes = match serde_json::to_vec(&Request::Run(cmd)) {
+        Ok(b) => b.into(),
+        Err(e) => {
+            let reason = format!("cannot encode the command: {e}");
+            let _ = tx.send(Input::Rejected { job: id.job.clone(), id, reason }).await;
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(100);
     loop {
         if stop.is_cancelled() {
             return;
         }
-        match request_json::<_, Reply>(&client, subject.clone(), &request, ack_timeout).await {
+        match request_bytes::<Reply>(&client, subject.clone(), payload.clone(), ack_timeout).await {
             Ok(reply) => match reply.status {
                 // The result came with the answer (a quick command, or one that had
                 // finished before this copy of it arrived): apply it like a consumed one.
@@ -41,20 +50,20 @@ pub async fn send_command(
                 ReplyStatus::Accepted | ReplyStatus::Duplicate => return,
                 ReplyStatus::Rejected => {
                     let reason = reply.reason.unwrap_or_else(|| "no reason given".into());
-                    let _ = tx.send(Input::Rejected { job: cmd.id.job.clone(), id: cmd.id.clone(), reason }).await;
+                    let _ = tx.send(Input::Rejected { job: id.job.clone(), id, reason }).await;
                     return;
                 }
                 other => {
-                    tracing::warn!(key = %cmd.id, "unexpected reply {other:?} to a command; re-sending");
+                    tracing::warn!(key = %id, "unexpected reply {other:?} to a command; re-sending");
                 }
             },
             Err(e) => {
                 if started.elapsed() >= ack_deadline {
-                    let reason = format!("no ack for {} within {}s: {e}", cmd.id, ack_deadline.as_secs());
-                    let _ = tx.send(Input::Lost { job: cmd.id.job.clone(), node: cmd.id.node.clone(), reason }).await;
+                    let reason = format!("no ack for {} within {}s: {e}", id, ack_deadline.as_secs());
+                    let _ = tx.send(Input::Lost { job: id.job.clone(), node: id.node.clone(), reason }).await;
                     return;
                 }
-                tracing::debug!(key = %cmd.id, "command not acknowledged yet: {e}");
+                tracing::debug!(key = %id, "command not acknowledged yet: {e}");
             }
         }
         tokio::time::sleep(delay).await;

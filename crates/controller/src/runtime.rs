@@ -944,8 +944,7 @@ impl Runtime {
         // 1. Records of replied results, journal and progress, all published at once (the
         //    records first, on the same connection), then every ack awaited.
         let records = std::mem::take(&mut round.records);
-        if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref())
-            .await
+        if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await
         {
             return self.deposed(Commit::Lost);
         }
@@ -1123,17 +1122,16 @@ fn command(
     }
 }
 
-/// Publish a round's journal and progress lines, packed into one message per subject
-/// (or a few, when a round's lines exceed [`MAX_BATCH_BYTES`]), then wait for every ack;
-/// a message whose ack failed is written again (inputs carry their number and progress
-/// its sequence, so a line that landed twice is harmless on replay and to watchers).
-/// Each write expects `fence` to be the last takeover line. `false` when the term ended
-/// (a newer leader's takeover line, or the lease ran out) before everything was stored.
-/// Write a round: `records` (results stream, not fenced: they are facts reported by
-/// agents, whoever stores them) first, then the journal `lines` (events stream, fenced),
-/// each subject's lines packed into as few messages as fit. Every message is sent before
-/// any ack is awaited; on one connection the records reach the server first, so a crash
-/// leaves no journaled result without its record. `false` once the term ended.
+/// Publish a round: `records` (results stream, not fenced: they are facts reported by
+/// agents, whoever stores them) first, then the journal and progress `lines` (events
+/// stream), each subject's lines packed into one message (or a few, when they exceed
+/// [`MAX_BATCH_BYTES`]). Every message is sent before any ack is awaited; on one
+/// connection the records reach the server first, so a crash leaves no journaled result
+/// without its record. A message whose ack failed is written again (inputs carry their
+/// number and progress its sequence, so a line that landed twice is harmless on replay
+/// and to watchers; records are told apart by their command key). Each journal write
+/// expects `fence` to be the last takeover line. `false` when the term ended (a newer
+/// leader's takeover line, or the lease ran out) before everything was stored.
 async fn write_all(
     js: &jetstream::Context,
     records: Vec<(String, Vec<u8>)>,

@@ -170,7 +170,7 @@ fn run_inner(args: ExecArgs) -> Result<Exit, Stop> {
         Err(e) => return Err(explain(&registry, &action, e)),
     };
     let record = ExecRecord {
-        redacted: registry.secret_params(&action).into_iter().filter(|p| params.get(p).is_some()).collect(),
+        redacted: registry.secret_params(&action).iter().filter(|p| params.get(p).is_some()).cloned().collect(),
         params: registry.redact_params(&action, &params),
         action,
         rollback: is_rollback,
