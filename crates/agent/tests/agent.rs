@@ -376,6 +376,40 @@ async fn a_result_not_delivered_before_a_crash_is_published_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_returned_in_a_reply_stays_delivered_across_a_graceful_restart() {
+    tokio::time::timeout(LIMIT, async {
+        let env = Env::new().await;
+        let quick = |cfg: &mut drover_agent::AgentConfig| cfg.result_in_reply = Duration::from_millis(500);
+        let mut cfg = env.config("n1");
+        quick(&mut cfg);
+        let agent = env.start(cfg).await;
+        let c = cmd("jr", "n1", 0, 1, "echo", json!({ "message": "hi" }));
+        assert_eq!(env.send(&c).await.status, ReplyStatus::Done);
+        // A graceful stop writes the delivery mark: nothing to publish at the next start.
+        agent.shutdown().await;
+        let mut cfg = env.config("n1");
+        quick(&mut cfg);
+        let agent = env.start(cfg).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(env.results("jr", "n1").await.is_empty(), "published again after a graceful restart");
+        // A second one, then a kill before any other line: its mark was never written, so
+        // the next start publishes it (the controller ignores what it already applied).
+        let d = cmd("jr", "n1", 1, 1, "echo", json!({ "message": "again" }));
+        assert_eq!(env.send(&d).await.status, ReplyStatus::Done);
+        agent.kill();
+        let mut cfg = env.config("n1");
+        quick(&mut cfg);
+        let agent = env.start(cfg).await;
+        let r = env.wait_result(&d.id, Duration::from_secs(10)).await;
+        assert_eq!(r.outcome, AttemptOutcome::Succeeded);
+        assert!(env.results_of(&c.id).await.is_empty(), "the first one was delivered for good");
+        agent.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_per_data_dir_and_ids_are_checked() {
     tokio::time::timeout(LIMIT, async {
         let env = Env::new().await;
