@@ -477,17 +477,25 @@ async fn serve(s: Arc<Shared>, mut sub: async_nats::Subscriber, stop: Cancellati
 }
 
 async fn reply(s: &Shared, msg: &async_nats::Message, status: ReplyStatus, reason: Option<String>) {
-    send_reply(s, msg, Reply { status, reason, result: None }).await
+    send_reply(s, msg, Reply { status, reason, result: None }).await;
 }
 
-async fn send_reply(s: &Shared, msg: &async_nats::Message, r: Reply) {
-    let Some(to) = msg.reply.clone() else { return };
+/// Answer a request; `false` when the answer could not be handed to the connection.
+async fn send_reply(s: &Shared, msg: &async_nats::Message, r: Reply) -> bool {
+    let Some(to) = msg.reply.clone() else { return false };
     let body = match serde_json::to_vec(&r) {
         Ok(b) => b,
-        Err(e) => return tracing::error!(error = %e, "cannot encode reply"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode reply");
+            return false;
+        }
     };
-    if let Err(e) = s.client.publish(to, body.into()).await {
-        tracing::warn!(error = %e, "cannot send reply");
+    match s.client.publish(to, body.into()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot send reply");
+            false
+        }
     }
 }
 
@@ -565,8 +573,8 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                     tracing::info!(key = %key, finished = result.is_some(), "duplicate command: not run again");
                     // The recorded result goes back with the answer when it fits.
                     let attached = result.as_ref().filter(|r| fits_in_reply(&s, r)).map(|r| Box::new(r.clone()));
-                    send_reply(&s, &msg, Reply { status: ReplyStatus::Duplicate, reason: None, result: attached })
-                        .await;
+                    let duplicate = Reply { status: ReplyStatus::Duplicate, reason: None, result: attached };
+                    send_reply(&s, &msg, duplicate).await;
                     if let Some(r) = result {
                         publish_and_mark(&s, &r).await;
                     }
@@ -625,11 +633,14 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                                 reason: None,
                                 result: Some(Box::new(result.clone())),
                             };
-                            send_reply(&s, &msg, done).await;
-                            s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
-                            return;
+                            if send_reply(&s, &msg, done).await {
+                                s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
+                                return;
+                            }
+                            // Not sent: published below for the controller to consume.
+                        } else {
+                            reply(&s, &msg, ReplyStatus::Accepted, None).await;
                         }
-                        reply(&s, &msg, ReplyStatus::Accepted, None).await;
                     }
                     publish_and_mark(&s, &result).await;
                 }
