@@ -62,8 +62,28 @@ fn stopping() -> Refusal {
     )
 }
 
-/// Ask the local runtime and wait for its answer (after the round's commit).
+/// Ask the local runtime and wait for its answer (after the round's commit), at most
+/// [`LOCAL_TIMEOUT`].
 pub async fn local(tx: &mpsc::Sender<Input>, ask: Ask) -> Answer {
+    local_within(tx, ask, LOCAL_TIMEOUT).await
+}
+
+/// How long a question waits for the local runtime: its round waits for the journal and,
+/// when the lease is due for renewal, for the renewal. Under [`FORWARD_TIMEOUT`], so that
+/// a forwarded question is answered before its asker gives up.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(12);
+
+async fn local_within(tx: &mpsc::Sender<Input>, ask: Ask, within: Duration) -> Answer {
+    match tokio::time::timeout(within, ask_runtime(tx, ask)).await {
+        Ok(answer) => answer,
+        Err(_) => Answer::Refused(Refusal::Unavailable(format!(
+            "the controller's runtime did not answer within {}s (journal writes stalled, or the lease waiting              for its renewal); what was asked may or may not have been done: check before retrying",
+            within.as_secs_f64()
+        ))),
+    }
+}
+
+async fn ask_runtime(tx: &mpsc::Sender<Input>, ask: Ask) -> Answer {
     async fn call<T>(tx: &mpsc::Sender<Input>, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
         let (reply, rx) = oneshot::channel();
         tx.send(make(reply)).await.ok()?;
@@ -160,6 +180,26 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_runtime_that_does_not_answer_is_reported_not_waited_for() {
+        let (tx, mut rx) = mpsc::channel(4);
+        // The runtime takes the question and never answers (a stalled commit).
+        let held = tokio::spawn(async move {
+            let input = rx.recv().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(input);
+        });
+        let ask = Ask::Get { job: "j".into() };
+        match local_within(&tx, ask, Duration::from_millis(50)).await {
+            Answer::Refused(Refusal::Unavailable(why)) => {
+                assert!(why.contains("did not answer within 0.05s"), "{why}");
+                assert!(why.contains("may or may not have been done"), "{why}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        held.abort();
+    }
 
     #[test]
     fn questions_and_answers_cross_the_wire_intact() {
