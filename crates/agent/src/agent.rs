@@ -83,6 +83,38 @@ struct Shared {
     kill: CancellationToken,
     /// Stop retrying publications (the end of a drain); results stay in the journal.
     give_up: CancellationToken,
+    /// How long journal appends take lately (decides where they run).
+    journal_speed: JournalSpeed,
+}
+
+/// A moving average of how long journal work takes, to run it inline while it is fast.
+#[derive(Debug, Default)]
+struct JournalSpeed {
+    /// Exponential moving average, in microseconds (weight 1/8 per sample).
+    avg_us: std::sync::atomic::AtomicU64,
+}
+
+impl JournalSpeed {
+    /// Journal work shorter than this on average runs on the async thread.
+    const FAST: Duration = Duration::from_micros(250);
+
+    fn starting_at(first: Duration) -> JournalSpeed {
+        let s = JournalSpeed::default();
+        s.avg_us.store(u64::try_from(first.as_micros()).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+        s
+    }
+
+    fn is_fast(&self) -> bool {
+        self.avg_us.load(std::sync::atomic::Ordering::Relaxed) < Self::FAST.as_micros() as u64
+    }
+
+    fn record(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // Lost updates between threads only blur the average.
+        let avg = self.avg_us.load(Relaxed);
+        self.avg_us.store(avg - avg / 8 + sample / 8, Relaxed);
+    }
 }
 
 impl Shared {
@@ -102,16 +134,39 @@ impl Shared {
         });
     }
 
-    /// Run `f` on the state, with its journal I/O, on this thread.
-    ///
-    /// Inline on purpose: a journal append is a few hundred bytes and one `fdatasync`,
-    /// on the critical path of the only command that waits for it, and appends are
-    /// serialized by this lock either way. A hop to the blocking pool costs two thread
-    /// wake-ups per append, which measured as the largest share of the agents' CPU in
-    /// `drover bench` (docs/PERFORMANCE.md). Other tasks (heartbeats, other commands)
-    /// keep running on the runtime's other worker threads meanwhile.
+    /// Run `f` on the state, on this thread: for work in memory only.
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.lock())
+    }
+
+    /// Run `f` on the state with its journal I/O (appends, `fdatasync`): on this thread
+    /// while appends are fast, in tokio's blocking pool while they are slow.
+    ///
+    /// An append is a few hundred bytes and one `fdatasync`, and the command waits for it
+    /// either way. On fast storage (tmpfs, a disk with a power-safe cache) it takes tens
+    /// of microseconds, and the hop to the blocking pool (two thread wake-ups) costs
+    /// more than the append itself: it was the largest share of the agents' CPU in
+    /// `drover bench` (docs/PERFORMANCE.md). On a slow disk an `fdatasync` takes
+    /// milliseconds, which must not hold an async worker thread.
+    async fn with_journal<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Shared, &mut State) -> T + Send + 'static,
+    ) -> T {
+        if self.journal_speed.is_fast() {
+            return self.timed(f);
+        }
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.timed(f)).await {
+            Ok(t) => t,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    fn timed<T>(&self, f: impl FnOnce(&Shared, &mut State) -> T) -> T {
+        let started = Instant::now();
+        let t = f(self, &mut self.lock());
+        self.journal_speed.record(started.elapsed());
+        t
     }
 
     fn max_payload(&self) -> usize {
@@ -163,9 +218,14 @@ impl Agent {
         let node_id = cfg.node_id.clone();
         let dir = cfg.data_dir.clone();
         let retention = cfg.retention;
-        let journal = tokio::task::spawn_blocking(move || Journal::open(&dir, retention))
-            .await
-            .map_err(|e| AgentError::Task(e.to_string()))??;
+        // Opening compacts the journal (a rewrite, two fsyncs): its time is the first
+        // guess of how long appends take.
+        let (journal, open_took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            Journal::open(&dir, retention).map(|j| (j, started.elapsed()))
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))??;
         tracing::info!(node = %node_id, journal = %journal.path().display(), commands = journal.len(), "agent journal loaded");
         // First of all (this data dir is ours now, under the journal's lock), the processes
         // of steps that were running when a previous run was killed: a step is reported
@@ -213,6 +273,7 @@ impl Agent {
             tracker: TaskTracker::new(),
             kill: CancellationToken::new(),
             give_up: CancellationToken::new(),
+            journal_speed: JournalSpeed::starting_at(open_took),
         });
         let mut handle = AgentHandle {
             shared: shared.clone(),
@@ -519,48 +580,50 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
             let node = s.node_id.clone();
             let key = id.key();
             let fits = s.max_payload() / 2;
-            let answer = s.with_state(|st| {
-                let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
-                let Some(j) = st.journal.as_mut() else {
-                    return refuse("the agent is stopping".to_string());
-                };
-                if id.node != node {
-                    return refuse(format!("cancel for node {} sent to node {node}", id.node));
-                }
-                if let Some(seen) = j.epoch(&id.job)
-                    && epoch < seen
-                {
-                    return refuse(format!("stale epoch {epoch} < {seen}"));
-                }
-                if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
-                    && let Err(e) = j.sync()
-                {
-                    tracing::warn!(error = %e, "cannot fsync the journal");
-                }
-                let key = id.key();
-                // A finished command's recorded result goes back with the answer: the
-                // sender may be a restarted controller that never saw it.
-                let recorded = j
-                    .get(&key)
-                    .and_then(|e| e.result.clone())
-                    .filter(|r| serde_json::to_vec(r).is_ok_and(|b| b.len() <= fits))
-                    .map(Box::new);
-                match st.running.get(&key) {
-                    Some(t) => {
-                        t.cancel();
-                        // Its requester may be gone by the end: publish the result.
-                        st.resent.insert(key);
-                        Reply { status: ReplyStatus::Cancelling, reason: None, result: None }
+            let answer = s
+                .with_journal(move |_, st| {
+                    let refuse = |why: String| Reply { status: ReplyStatus::Rejected, reason: Some(why), result: None };
+                    let Some(j) = st.journal.as_mut() else {
+                        return refuse("the agent is stopping".to_string());
+                    };
+                    if id.node != node {
+                        return refuse(format!("cancel for node {} sent to node {node}", id.node));
                     }
-                    None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
-                }
-            });
+                    if let Some(seen) = j.epoch(&id.job)
+                        && epoch < seen
+                    {
+                        return refuse(format!("stale epoch {epoch} < {seen}"));
+                    }
+                    if j.raise_epoch(&id.job, epoch).is_ok_and(|raised| raised)
+                        && let Err(e) = j.sync()
+                    {
+                        tracing::warn!(error = %e, "cannot fsync the journal");
+                    }
+                    let key = id.key();
+                    // A finished command's recorded result goes back with the answer: the
+                    // sender may be a restarted controller that never saw it.
+                    let recorded = j
+                        .get(&key)
+                        .and_then(|e| e.result.clone())
+                        .filter(|r| serde_json::to_vec(r).is_ok_and(|b| b.len() <= fits))
+                        .map(Box::new);
+                    match st.running.get(&key) {
+                        Some(t) => {
+                            t.cancel();
+                            // Its requester may be gone by the end: publish the result.
+                            st.resent.insert(key);
+                            Reply { status: ReplyStatus::Cancelling, reason: None, result: None }
+                        }
+                        None => Reply { status: ReplyStatus::NotRunning, reason: None, result: recorded },
+                    }
+                })
+                .await;
             tracing::info!(key = %key, status = ?answer.status, "cancel request");
             send_reply(&s, &msg, answer).await;
         }
         Request::Run(cmd) => {
             let key = cmd.id.key();
-            let decision = s.with_state(|st| decide(&s, st, cmd));
+            let decision = s.with_journal(move |me, st| decide(me, st, cmd)).await;
             match decision {
                 Decision::Rejected(reason, result) => {
                     tracing::warn!(key = %key, reason = %reason, "command rejected");
@@ -605,11 +668,14 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                         error = result.error.as_deref().unwrap_or(""),
                         "command finished"
                     );
-                    let (journaled, resent) = s.with_state(|st| {
-                        st.running.remove(&key);
-                        let resent = st.resent.remove(&key);
-                        (st.journal.as_mut().map(|j| j.finish(result.clone())), resent)
-                    });
+                    let (r, k) = (result.clone(), key.clone());
+                    let (journaled, resent) = s
+                        .with_journal(move |_, st| {
+                            st.running.remove(&k);
+                            let resent = st.resent.remove(&k);
+                            (st.journal.as_mut().map(|j| j.finish(r)), resent)
+                        })
+                        .await;
                     let durable = match journaled {
                         None => return, // killed meanwhile
                         Some(Err(e)) => {
@@ -922,6 +988,33 @@ async fn publish_and_mark(s: &Arc<Shared>, result: &StepResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_work_leaves_the_async_thread_while_it_is_slow() {
+        let speed = JournalSpeed::default();
+        assert!(speed.is_fast(), "inline until measured otherwise");
+        for _ in 0..20 {
+            speed.record(Duration::from_micros(30));
+        }
+        assert!(speed.is_fast(), "tmpfs-like appends stay inline");
+        // A disk whose fdatasync takes 2 ms: off the async thread after one append.
+        speed.record(Duration::from_millis(2));
+        assert!(!speed.is_fast());
+        for _ in 0..3 {
+            speed.record(Duration::from_millis(2));
+        }
+        // Fast again: back inline once the average has come down.
+        let mut back_after = 0;
+        while !speed.is_fast() {
+            speed.record(Duration::from_micros(30));
+            back_after += 1;
+            assert!(back_after < 50, "never came back inline");
+        }
+        assert!(back_after > 5, "one fast append does not hide a slow disk ({back_after})");
+        // The first guess is the time the journal took to open (and compact).
+        assert!(!JournalSpeed::starting_at(Duration::from_millis(3)).is_fast());
+        assert!(JournalSpeed::starting_at(Duration::from_micros(80)).is_fast());
+    }
 
     #[test]
     fn fit_payload_cuts_output_then_metadata() {
