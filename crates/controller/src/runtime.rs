@@ -1125,9 +1125,11 @@ fn command(
 /// Publish a round: `records` (results stream, not fenced: they are facts reported by
 /// agents, whoever stores them) first, then the journal and progress `lines` (events
 /// stream), each subject's lines packed into one message (or a few, when they exceed
-/// [`MAX_BATCH_BYTES`]). Every message is sent before any ack is awaited; on one
-/// connection the records reach the server first, so a crash leaves no journaled result
-/// without its record. A message whose ack failed is written again (inputs carry their
+/// [`MAX_BATCH_BYTES`]). Every message is sent before any ack is awaited, the records
+/// first on the same connection: a controller that crashes once its journal lines were
+/// sent has sent the records too (only a record whose own send failed, and whose retry
+/// the crash cut short, can be missing). A record too large for any message is left out
+/// with a warning rather than retried forever. A message whose ack failed is written again (inputs carry their
 /// number and progress its sequence, so a line that landed twice is harmless on replay
 /// and to watchers; records are told apart by their command key). Each journal write
 /// expects `fence` to be the last takeover line. `false` when the term ended (a newer
@@ -1140,10 +1142,24 @@ async fn write_all(
     fence: Option<&Fence>,
 ) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
-    let max_payload = match js.client().server_info().max_payload {
-        0 => MAX_BATCH_BYTES,
-        m => m.saturating_sub(4096).clamp(1024, MAX_BATCH_BYTES),
-    };
+    let server_max = match js.client().server_info().max_payload {
+        0 => 1024 * 1024,
+        m => m,
+    }
+    .saturating_sub(4096);
+    let max_payload = server_max.clamp(1024, MAX_BATCH_BYTES);
+    // A line longer than `max_payload` travels alone; one longer than the server takes
+    // would be refused forever.
+    let records: Vec<(String, Vec<u8>)> = records
+        .into_iter()
+        .filter(|(subject, bytes)| {
+            let fits = bytes.len() <= server_max;
+            if !fits {
+                tracing::warn!(%subject, bytes = bytes.len(), server_max, "a replied result too large to store is left out");
+            }
+            fits
+        })
+        .collect();
     let mut acks = Vec::new();
     let mut failed = Vec::new();
     for (lines, fence) in [(records, None), (lines, fence)] {

@@ -378,5 +378,14 @@ async fn a_result_too_large_for_a_message_is_served_whole_from_the_object_store(
     assert_eq!(r["stderr"].as_str().map(str::len), Some(700_000), "stderr was cut");
     assert_eq!(r["truncated"], false);
     assert!(r["full_output"].is_null(), "the whole result replaces the cut one");
+    // 300 kB: returned in the reply, and larger than a journal batch (256 kB), so its
+    // record travels in a message of its own.
+    let plan = "name: mid\ntargets: {all: true}\nsteps: [{name: out, action: test.output, with: {bytes: 150000, stream: both}}]\n";
+    let id = fleet.submit(plan).await;
+    assert_eq!(fleet.wait_final(&id, LIMIT).await.report.status, JobStatus::Succeeded);
+    let d = fleet.get(&format!("/v1/jobs/{id}/nodes/n1")).await;
+    let r = &d["steps"][0]["results"][0];
+    assert_eq!(r["stdout"].as_str().map(str::len), Some(150_000), "{}", fleet.controller_logs());
+    assert_eq!(r["stderr"].as_str().map(str::len), Some(150_000));
     fleet.stop().await;
 }
