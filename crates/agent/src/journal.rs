@@ -1,5 +1,5 @@
 //! The agent's local journal: every command it accepted, its result, whether the result
-//! reached the results stream, and the highest fencing epoch seen per job.
+//! reached the controller, and the highest fencing epoch seen per job.
 //!
 //! One append-only file of JSON lines (`<data_dir>/journal.jsonl`), each line written
 //! and (where it matters) fsynced before the agent acts on it:
@@ -69,7 +69,8 @@ pub struct Entry {
     pub accepted_at_ms: u64,
     /// Its result, once it finished.
     pub result: Option<StepResult>,
-    /// The result was acknowledged by the results stream.
+    /// The result reached the controller (in a reply, or acknowledged by the results
+    /// stream).
     pub published: bool,
     /// Time of the last line about this command.
     pub touched_ms: u64,
@@ -262,7 +263,8 @@ impl Journal {
         v.into_iter().map(|e| e.id.clone()).collect()
     }
 
-    /// Results not yet acknowledged by the results stream, oldest first.
+    /// Results not yet delivered to the controller (by a reply or the results stream),
+    /// oldest first.
     pub fn unpublished(&self) -> Vec<StepResult> {
         let mut v: Vec<&Entry> = self.cmds.values().filter(|e| e.result.is_some() && !e.published).collect();
         v.sort_by_key(|e| e.touched_ms);
@@ -299,7 +301,8 @@ impl Journal {
 
     /// Write the unwritten `published` lines, then `bytes` (whole lines), in one write.
     fn write_lines(&mut self, bytes: Vec<u8>, sync: bool) -> std::io::Result<()> {
-        let bytes = if self.unwritten.is_empty() {
+        let marks = self.unwritten.len();
+        let bytes = if marks == 0 {
             bytes
         } else {
             let mut all = std::mem::take(&mut self.unwritten);
@@ -311,8 +314,12 @@ impl Journal {
         }
         let res = self.file.write_all(&bytes).and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = res {
-            // Cut a partial line off so the next append starts on a line of its own.
+            // Cut a partial line off so the next append starts on a line of its own; the
+            // marks wait for the next write.
             let _ = self.file.set_len(self.len);
+            let mut bytes = bytes;
+            bytes.truncate(marks);
+            self.unwritten = bytes;
             return Err(e);
         }
         self.len += bytes.len() as u64;
