@@ -128,8 +128,8 @@ impl Registry {
     /// `params` with the action's secret params replaced by `***` (for results and logs).
     pub fn redact_params(&self, action: &str, params: &Value) -> Value {
         match self.entries.get(action) {
-            Some(e) if !e.secret.is_empty() => redact::redact_params(&e.secret, params),
-            _ => params.clone(),
+            Some(e) => redact::redact_params(&e.secret, params),
+            None => params.clone(),
         }
     }
 

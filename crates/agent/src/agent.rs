@@ -284,18 +284,20 @@ impl Agent {
             done: false,
         };
         // What the previous run left behind (its processes are already gone, see above).
-        let pending = shared.with_state(|st| {
-            let Some(j) = st.journal.as_mut() else { return Vec::new() };
-            for id in j.unfinished() {
-                tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
-                let mut r = empty_result(&id, AttemptOutcome::Failed);
-                r.error = Some(INTERRUPTED.to_string());
-                if let Err(e) = j.finish(r) {
-                    tracing::error!(key = %id, error = %e, "cannot journal the interrupted step's result");
+        let pending = shared
+            .with_journal(|_, st| {
+                let Some(j) = st.journal.as_mut() else { return Vec::new() };
+                for id in j.unfinished() {
+                    tracing::warn!(key = %id, "step was interrupted by an agent restart; reporting it as failed");
+                    let mut r = empty_result(&id, AttemptOutcome::Failed);
+                    r.error = Some(INTERRUPTED.to_string());
+                    if let Err(e) = j.finish(r) {
+                        tracing::error!(key = %id, error = %e, "cannot journal the interrupted step's result");
+                    }
                 }
-            }
-            j.unpublished()
-        });
+                j.unpublished()
+            })
+            .await;
         for result in pending {
             let s = shared.clone();
             tracing::info!(key = %result.id, outcome = ?result.outcome, "publishing a result left from the previous run");
@@ -416,7 +418,7 @@ impl AgentHandle {
         }
         s.heartbeat(AgentStatus::Stopped, true).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), s.client.flush()).await;
-        if let Some(Err(e)) = s.with_state(|st| st.journal.as_mut().map(|j| j.flush())) {
+        if let Some(Err(e)) = s.with_journal(|_, st| st.journal.as_mut().map(|j| j.flush())).await {
             tracing::warn!(error = %e, "cannot write the last delivery marks (those results are published again at the next start)");
         }
         self.kill_now();
@@ -543,15 +545,19 @@ async fn reply(s: &Shared, msg: &async_nats::Message, status: ReplyStatus, reaso
 
 /// Answer a request; `false` when the answer could not be handed to the connection.
 async fn send_reply(s: &Shared, msg: &async_nats::Message, r: Reply) -> bool {
-    let Some(to) = msg.reply.clone() else { return false };
-    let body = match serde_json::to_vec(&r) {
-        Ok(b) => b,
+    match serde_json::to_vec(&r) {
+        Ok(body) => send_encoded(s, msg, body.into()).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode reply");
-            return false;
+            false
         }
-    };
-    match s.client.publish(to, body.into()).await {
+    }
+}
+
+/// Send an encoded answer; `false` when it could not be handed to the connection.
+async fn send_encoded(s: &Shared, msg: &async_nats::Message, body: Bytes) -> bool {
+    let Some(to) = msg.reply.clone() else { return false };
+    match s.client.publish(to, body).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "cannot send reply");
@@ -635,9 +641,13 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                 Decision::Duplicate(result) => {
                     tracing::info!(key = %key, finished = result.is_some(), "duplicate command: not run again");
                     // The recorded result goes back with the answer when it fits.
-                    let attached = result.as_ref().filter(|r| fits_in_reply(&s, r)).map(|r| Box::new(r.clone()));
-                    let duplicate = Reply { status: ReplyStatus::Duplicate, reason: None, result: attached };
-                    send_reply(&s, &msg, duplicate).await;
+                    match result.as_ref().and_then(|r| encoded_with_result(&s, ReplyStatus::Duplicate, r)) {
+                        Some(body) => send_encoded(&s, &msg, body).await,
+                        None => {
+                            send_reply(&s, &msg, Reply { status: ReplyStatus::Duplicate, reason: None, result: None })
+                                .await
+                        }
+                    };
                     if let Some(r) = result {
                         publish_and_mark(&s, &r).await;
                     }
@@ -693,19 +703,17 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                         // The controller stores what it gets in replies, so the result
                         // needs no publication: it is delivered once the reply is sent (a
                         // lost reply means a re-sent command, answered from the journal).
-                        if durable && !resent && fits_in_reply(&s, &result) {
-                            let done = Reply {
-                                status: ReplyStatus::Done,
-                                reason: None,
-                                result: Some(Box::new(result.clone())),
-                            };
-                            if send_reply(&s, &msg, done).await {
-                                s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
-                                return;
+                        let done =
+                            (durable && !resent).then(|| encoded_with_result(&s, ReplyStatus::Done, &result)).flatten();
+                        match done {
+                            Some(body) => {
+                                if send_encoded(&s, &msg, body).await {
+                                    s.with_state(|st| st.journal.as_mut().map(|j| j.mark_delivered(&key)));
+                                    return;
+                                }
+                                // Not sent: published below for the controller to consume.
                             }
-                            // Not sent: published below for the controller to consume.
-                        } else {
-                            reply(&s, &msg, ReplyStatus::Accepted, None).await;
+                            None => reply(&s, &msg, ReplyStatus::Accepted, None).await,
                         }
                     }
                     publish_and_mark(&s, &result).await;
@@ -935,10 +943,12 @@ fn cut_str(s: &str, max: usize) -> &str {
     &s[..i]
 }
 
-/// Whether a result travels in a reply: well under the message size limit, so that a
-/// large one takes the published path (with the object store).
-fn fits_in_reply(s: &Shared, r: &StepResult) -> bool {
-    serde_json::to_vec(r).is_ok_and(|b| b.len() <= s.max_payload() / 2)
+/// A reply carrying `result`, encoded once, when it stays well under the message size
+/// limit; a larger result takes the published path (with the object store).
+fn encoded_with_result(s: &Shared, status: ReplyStatus, result: &StepResult) -> Option<Bytes> {
+    let reply = Reply { status, reason: None, result: Some(Box::new(result.clone())) };
+    let body = serde_json::to_vec(&reply).ok()?;
+    (body.len() <= s.max_payload() / 2).then(|| body.into())
 }
 
 /// Publish a result to the results stream on `result.<job>.<node>`, which the controller

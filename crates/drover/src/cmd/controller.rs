@@ -17,9 +17,9 @@ pub struct ControllerArgs {
     /// Subject prefix shared with the agents.
     #[arg(long, default_value = drover_core::wire::DEFAULT_PREFIX)]
     pub prefix: String,
-    /// This controller's name in the lease: unique among the controllers sharing a
-    /// prefix (default: the host name). Restarted under the same id, it takes its lease
-    /// back at once.
+    /// This controller's name in the lease and in /v1/health: unique among the
+    /// controllers sharing a prefix (default: `<host>-<pid>`). A controller restarted
+    /// under the same id waits for its old lease to expire like any standby.
     #[arg(long, env = "DROVER_CONTROLLER_ID")]
     pub id: Option<String>,
     /// How long the leading controller may go unheard before a standby takes over (it
