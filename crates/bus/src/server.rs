@@ -30,6 +30,8 @@ pub enum ServerError {
 pub struct ManagedServer {
     child: Option<Child>,
     url: String,
+    /// The HTTP monitoring endpoint (`http://127.0.0.1:PORT`), when started with one.
+    monitoring: Option<String>,
     dir: PathBuf,
     host: String,
     extra: Vec<String>,
@@ -45,6 +47,12 @@ impl ManagedServer {
     pub fn start_with(dir: &Path, extra: &[&str]) -> Result<ManagedServer, ServerError> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         Self::launch(dir, "127.0.0.1", "-1", extra)
+    }
+
+    /// Start a server with its HTTP monitoring endpoint on a random loopback port too
+    /// ([`ManagedServer::monitoring_url`]): `/varz` counts the messages it handled.
+    pub fn start_monitored(dir: &Path) -> Result<ManagedServer, ServerError> {
+        Self::start_with(dir, &["-m", "-1"])
     }
 
     /// Start a server listening on `host` (an address of this machine, e.g. one end of
@@ -115,6 +123,7 @@ impl ManagedServer {
         let mut server = ManagedServer {
             child: Some(child),
             url: String::new(),
+            monitoring: None,
             dir: dir.to_path_buf(),
             host: host.to_string(),
             extra,
@@ -122,8 +131,9 @@ impl ManagedServer {
         let limit = Duration::from_secs(20);
         let start = Instant::now();
         loop {
-            if let Some(url) = read_ports(&ports_dir) {
+            if let Some((url, monitoring)) = read_ports(&ports_dir) {
                 server.url = url;
+                server.monitoring = monitoring;
                 return Ok(server);
             }
             if let Some(c) = server.child.as_mut()
@@ -142,6 +152,11 @@ impl ManagedServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `http://127.0.0.1:PORT` of the monitoring endpoint, for a server started with one.
+    pub fn monitoring_url(&self) -> Option<&str> {
+        self.monitoring.as_deref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -186,13 +201,15 @@ impl Drop for ManagedServer {
     }
 }
 
-fn read_ports(dir: &Path) -> Option<String> {
+/// The client URL and, when the server has one, its monitoring URL.
+fn read_ports(dir: &Path) -> Option<(String, Option<String>)> {
     for entry in std::fs::read_dir(dir).ok()? {
         let path = entry.ok()?.path();
         if path.extension().is_some_and(|e| e == "ports") {
             let text = std::fs::read_to_string(&path).ok()?;
             let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-            return v["nats"][0].as_str().map(str::to_string);
+            let monitoring = v["monitoring"][0].as_str().map(str::to_string);
+            return v["nats"][0].as_str().map(|u| (u.to_string(), monitoring));
         }
     }
     None

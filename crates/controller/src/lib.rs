@@ -98,6 +98,12 @@ impl ControllerHandle {
         self.registry.is_online(node, drover_bus::now_ms())
     }
 
+    /// Commands sent to agents so far (step attempts and rollbacks; a re-send of the
+    /// same command is not counted again).
+    pub fn commands_sent(&self) -> u64 {
+        self.metrics.commands.get()
+    }
+
     /// Seconds spent inside the rollout engine so far.
     pub fn engine_seconds(&self) -> f64 {
         self.metrics.engine_seconds.get()

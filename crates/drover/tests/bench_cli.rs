@@ -22,7 +22,68 @@ fn bench_runs_its_workloads_and_reports_json() {
     assert!(w1["median_ms"].as_f64().unwrap() > 0.0);
     assert!(w1["ratio"].as_f64().unwrap() > 0.0, "w1 is compared with the floor: {w1}");
     assert!(w1["node_p99_ms"].as_f64().is_some());
+    // NATS messages per node-step, read from the server: the floor is one request and
+    // one reply; a node-step at least sends its command and gets its answer.
+    let floor_msgs = &figures[0]["messages"];
+    assert_eq!(floor_msgs["node_steps"].as_u64(), Some(6), "3 requests and 3 warm-ups: {floor_msgs}");
+    assert!((floor_msgs["msgs_in"].as_f64().unwrap() - 2.0).abs() < 0.01, "{floor_msgs}");
+    let w1_msgs = &w1["messages"];
+    assert_eq!(w1_msgs["node_steps"].as_u64(), Some(3), "{w1_msgs}");
+    assert!(w1_msgs["msgs_in"].as_f64().unwrap() >= 2.0, "{w1_msgs}");
     assert!(report["process_peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
+
+/// Stopped by SIGTERM mid-run, the bench stops what it started: no nats-server, agent
+/// or floor process is left behind.
+#[test]
+fn bench_stopped_by_sigterm_leaves_no_process_behind() {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("drover"))
+        .args(["bench", "--nodes", "5", "--runs", "100000", "--workloads", "w1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("drover bench starts");
+    // Wait until the fleet is up: its nats-server and agent process.
+    let started = std::time::Instant::now();
+    let ours = || children_of(child.id());
+    while ours().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the bench never started its fleet");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let started_children = ours();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("bench exits");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let left: Vec<u32> = started_children.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+/// Running (not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z")))
+        .unwrap_or(false)
+}
+
+/// The pids whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string)))
+                .flatten()
+                .is_some_and(|ppid| ppid == pid.to_string())
+        })
+        .collect()
 }
 
 #[test]

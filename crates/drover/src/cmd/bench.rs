@@ -73,6 +73,16 @@ struct Figure {
     /// What the workload cost (all its runs); not for the floor.
     #[serde(skip_serializing_if = "Option::is_none")]
     cost: Option<WorkloadCost>,
+    /// NATS messages per node-step (for the floor: per request), over all its runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<MsgsPerStep>,
+}
+
+impl Figure {
+    fn measured(&mut self, (cost, messages): (WorkloadCost, MsgsPerStep)) {
+        self.cost = Some(cost);
+        self.messages = Some(messages);
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +108,8 @@ struct IdleCost {
     controller: f64,
     agents: f64,
     nats: f64,
+    /// Messages the nats-server received per second (heartbeats, mostly).
+    nats_msgs_in: f64,
 }
 
 /// How long the idle fleet is measured.
@@ -120,7 +132,13 @@ pub fn run(args: BenchArgs) -> Exit {
         return Exit::Invalid;
     }
     super::block_on_runtime(async move {
-        match bench(&args).await {
+        // On Ctrl-C or SIGTERM the bench stops, and what it started stops with it: its
+        // nats-servers, agent and floor processes and controller are dropped.
+        let outcome = tokio::select! {
+            r = bench(&args) => r,
+            _ = crate::signals::wait_for_stop() => Err(anyhow::anyhow!("interrupted: stopped the fleet")),
+        };
+        match outcome {
             Ok(report) => {
                 print(&report, &args.output);
                 Exit::Success
@@ -159,24 +177,23 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         .unwrap_or_else(|| dir.path().join("agents"));
     let mut figures = Vec::new();
     if has("floor") {
-        let nats = drover_bus::server::ManagedServer::start(&dir.path().join("floor-nats"))?;
+        let nats = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("floor-nats"))?;
+        let varz = Varz::of(&nats)?;
         for &n in &args.nodes {
-            let times = floor_in_child(nats.url(), n, args.runs)?;
-            figures.push(figure(
-                "floor",
-                n,
-                &times,
-                None,
-                None,
-                "bare NATS request/reply, one connection per responder",
-            ));
+            let before = varz.read().await?;
+            let times = floor_in_child(nats.url(), n, args.runs).await?;
+            let after = varz.read().await?;
+            let mut f = figure("floor", n, &times, None, None, "bare NATS request/reply, one connection per responder");
+            // Every responder was asked once more, to warm up.
+            f.messages = Some(MsgsPerStep::of((n * (args.runs + 1)) as u64, before, after));
+            figures.push(f);
         }
     }
     let mut agent_idle_rss_mb = None;
     let mut idle_cpu = None;
     if fleet_size > 0 {
         eprintln!("starting nats-server, a controller and {fleet_size} agents...");
-        let nats = drover_bus::server::ManagedServer::start(&dir.path().join("nats"))?;
+        let nats = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("nats"))?;
         let cfg = drover_controller::ControllerConfig {
             api_addr: "127.0.0.1:0".parse()?,
             ..drover_controller::ControllerConfig::default()
@@ -200,37 +217,38 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         agent_idle_rss_mb = idle_agent_rss(nats.url(), &controller, dir.path()).await?;
         let client = Client::new(&controller.url())?;
         let js = async_nats::jetstream::new(drover_bus::connect(nats.url(), "drover-bench").await?);
-        let cost = Cost { controller: &controller, hosts: &hosts, nats_pid: nats.pid() };
+        let cost = Cost { controller: &controller, hosts: &hosts, nats_pid: nats.pid(), nats: Varz::of(&nats)? };
         // What the idle fleet costs (heartbeats), per second.
-        let start = cost.now();
+        let start = cost.now().await?;
         tokio::time::sleep(IDLE_WINDOW).await;
-        let idle = cost.since(start);
+        let (idle, idle_msgs) = cost.since(start).await?;
         let per_s = |x: f64| x / IDLE_WINDOW.as_secs_f64();
         idle_cpu = Some(IdleCost {
             controller_rss_mb: proc_status_kb(std::process::id(), "VmRSS:").unwrap_or(0.0) / 1024.0,
             controller: per_s(idle.controller_cpu_s),
             agents: per_s(idle.agents_cpu_s),
             nats: per_s(idle.nats_cpu_s),
+            nats_msgs_in: per_s(idle_msgs.msgs_in),
         });
         if has("w1") {
             for &n in &args.nodes {
                 let floor_ms = figures.iter().find(|f| f.workload == "floor" && f.nodes == n).map(|f| f.median_ms);
-                let start = cost.now();
+                let start = cost.now().await?;
                 let mut f = w1(&client, &js, n, args.runs, floor_ms).await?;
-                f.cost = Some(cost.since(start));
+                f.measured(cost.since(start).await?);
                 figures.push(f);
             }
         }
         if has("w2") {
-            let start = cost.now();
+            let start = cost.now().await?;
             let mut f = w2(&client, &out, args.runs).await?;
-            f.cost = Some(cost.since(start));
+            f.measured(cost.since(start).await?);
             figures.push(f);
         }
         if has("w3") {
-            let start = cost.now();
+            let start = cost.now().await?;
             let mut f = w3(&client, &out, args.runs).await?;
-            f.cost = Some(cost.since(start));
+            f.measured(cost.since(start).await?);
             figures.push(f);
         }
         hosts.stop();
@@ -342,18 +360,18 @@ async fn idle_agent_rss(
     controller: &drover_controller::ControllerHandle,
     dir: &Path,
 ) -> anyhow::Result<Option<f64>> {
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["agent", "--nats-url", nats_url, "--node-id", "bench-idle", "--data-dir"])
         .arg(dir.join("idle-agent"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()?;
     let seen = wait_online(controller, &["bench-idle".to_string()], Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = proc_status_kb(child.id(), "VmRSS:").map(|kb| kb / 1024.0);
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss = child.id().and_then(|pid| proc_status_kb(pid, "VmRSS:")).map(|kb| kb / 1024.0);
+    let _ = child.kill().await;
     seen?;
     Ok(rss)
 }
@@ -363,6 +381,7 @@ struct Cost<'a> {
     controller: &'a drover_controller::ControllerHandle,
     hosts: &'a AgentHosts,
     nats_pid: Option<u32>,
+    nats: Varz,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -371,6 +390,61 @@ struct CostMark {
     agents_cpu_s: f64,
     nats_cpu_s: f64,
     engine_s: f64,
+    commands: u64,
+    msgs: Msgs,
+}
+
+/// Messages a nats-server has received from its clients (`in`) and delivered to them
+/// (`out`), from its monitoring endpoint's `/varz`.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+struct Msgs {
+    in_msgs: u64,
+    out_msgs: u64,
+}
+
+/// Reads a managed server's message counters.
+struct Varz {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Varz {
+    fn of(server: &drover_bus::server::ManagedServer) -> anyhow::Result<Varz> {
+        let base = server.monitoring_url().ok_or_else(|| anyhow::anyhow!("nats-server has no monitoring endpoint"))?;
+        // reqwest is built without a TLS crypto provider: install ring (once per process).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Varz { http: reqwest::Client::builder().build()?, url: format!("{base}/varz") })
+    }
+
+    async fn read(&self) -> anyhow::Result<Msgs> {
+        let r = self.http.get(&self.url).timeout(Duration::from_secs(5)).send().await?;
+        Ok(r.error_for_status()?.json().await?)
+    }
+}
+
+/// NATS messages per node-step of a workload: published to the server and delivered by
+/// it, heartbeats and JetStream acks included.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct MsgsPerStep {
+    /// Node-steps: the commands the controller sent (step attempts and rollbacks).
+    node_steps: u64,
+    msgs_in: f64,
+    msgs_out: f64,
+}
+
+impl MsgsPerStep {
+    fn of(node_steps: u64, before: Msgs, after: Msgs) -> MsgsPerStep {
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / node_steps.max(1) as f64;
+        MsgsPerStep {
+            node_steps,
+            msgs_in: per(after.in_msgs, before.in_msgs),
+            msgs_out: per(after.out_msgs, before.out_msgs),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("{:.1}/{:.1}", self.msgs_in, self.msgs_out)
+    }
 }
 
 /// What one workload cost (every run of it).
@@ -391,27 +465,33 @@ struct WorkloadCost {
 
 impl Cost<'_> {
     /// Start measuring (resets this process's peak RSS where the kernel allows).
-    fn now(&self) -> CostMark {
+    async fn now(&self) -> anyhow::Result<CostMark> {
+        let msgs = self.nats.read().await?;
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        CostMark {
+        Ok(CostMark {
             cpu_s: process_cost().0,
             agents_cpu_s: self.hosts.cpu_s(),
             nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0),
             engine_s: self.controller.engine_seconds(),
-        }
+            commands: self.controller.commands_sent(),
+            msgs,
+        })
     }
 
-    fn since(&self, m: CostMark) -> WorkloadCost {
+    /// What was spent since `m`, and the NATS messages per node-step.
+    async fn since(&self, m: CostMark) -> anyhow::Result<(WorkloadCost, MsgsPerStep)> {
+        let msgs = self.nats.read().await?;
         let cpu = process_cost().0 - m.cpu_s;
         let engine = self.controller.engine_seconds() - m.engine_s;
-        WorkloadCost {
+        let cost = WorkloadCost {
             controller_cpu_s: cpu,
             controller_peak_rss_mb: proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0.0) / 1024.0,
             engine_cpu_s: engine,
             engine_share: if cpu > 0.0 { engine / cpu } else { 0.0 },
             agents_cpu_s: (self.hosts.cpu_s() - m.agents_cpu_s).max(0.0),
             nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0) - m.nats_cpu_s,
-        }
+        };
+        Ok((cost, MsgsPerStep::of(self.controller.commands_sent() - m.commands, m.msgs, msgs)))
     }
 }
 
@@ -506,6 +586,7 @@ fn figure(
         node_p99_ms: lat.map(|l| l.1),
         note: note.to_string(),
         cost: None,
+        messages: None,
     }
 }
 
@@ -517,13 +598,15 @@ fn ms(d: Duration) -> f64 {
 /// (buffers the allocator keeps after they close) would otherwise count in the resident
 /// memory measured for the controller, which runs in this process. At 10,000 nodes they
 /// made it look like 370 MB at idle instead of about 80.
-fn floor_in_child(url: &str, n: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let out = std::process::Command::new(std::env::current_exe()?)
+async fn floor_in_child(url: &str, n: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
         .arg("bench-floor")
         .args(["--nats-url", url, "--nodes", &n.to_string(), "--runs", &runs.to_string()])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
-        .output()?;
+        .kill_on_drop(true)
+        .output()
+        .await?;
     anyhow::ensure!(out.status.success(), "the floor process (bench-floor) failed: {}", out.status);
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -792,7 +875,7 @@ fn print(r: &Report, output: &str) {
     }
     let opt = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.1}{unit}")).unwrap_or_else(|| "-".into());
     println!(
-        "{:<6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  note",
+        "{:<6} {:>6} {:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}  note",
         "WORK",
         "NODES",
         "RUNS",
@@ -807,12 +890,13 @@ fn print(r: &Report, output: &str) {
         "ENGINE",
         "CTRL RSS",
         "AGENTS CPU",
-        "NATS CPU"
+        "NATS CPU",
+        "MSGS/STEP"
     );
     for f in &r.figures {
         let c = f.cost.as_ref();
         println!(
-            "{:<6} {:>6} {:>4} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9}  {}",
+            "{:<6} {:>6} {:>4} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>9}  {}",
             f.workload,
             f.nodes,
             f.runs,
@@ -828,13 +912,15 @@ fn print(r: &Report, output: &str) {
             opt(c.map(|c| c.controller_peak_rss_mb), "MB"),
             opt(c.map(|c| c.agents_cpu_s), "s"),
             opt(c.map(|c| c.nats_cpu_s), "s"),
+            f.messages.map(|m| m.show()).unwrap_or_else(|| "-".into()),
             f.note
         );
     }
+    println!("MSGS/STEP: NATS messages per node-step (floor: per request), received/delivered by the server");
     if let Some(i) = &r.idle_cpu {
         println!(
-            "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}; controller RSS {:.0} MB",
-            i.controller, i.agents, i.nats, i.controller_rss_mb
+            "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}; nats-server received {:.0} messages/s; controller RSS {:.0} MB",
+            i.controller, i.agents, i.nats, i.nats_msgs_in, i.controller_rss_mb
         );
     }
     println!(
