@@ -222,9 +222,14 @@ impl Journal {
         Ok(true)
     }
 
-    /// Record an accepted command (fsynced).
+    /// Record an accepted command (fsynced). When its epoch is higher than its job's
+    /// recorded one, the raised epoch is recorded too, in the same write.
     pub fn accept(&mut self, cmd: Command) -> std::io::Result<()> {
-        self.append(Line::Accepted { at_ms: now_ms(), cmd: Box::new(cmd) }, true)
+        let at_ms = now_ms();
+        let raise = self.epoch(&cmd.id.job).is_none_or(|e| e < cmd.epoch);
+        let epoch = raise.then(|| Line::Epoch { at_ms, job: cmd.id.job.clone(), epoch: cmd.epoch });
+        let accepted = Line::Accepted { at_ms, cmd: Box::new(cmd) };
+        self.append_lines(epoch.into_iter().chain([accepted]).collect(), true)
     }
 
     /// Record a command's result (fsynced).
@@ -285,11 +290,21 @@ impl Journal {
     }
 
     fn append(&mut self, line: Line, sync: bool) -> std::io::Result<()> {
-        let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
+        self.append_lines(vec![line], sync)
+    }
+
+    /// Append lines in one write (and one fsync when `sync`), then apply them.
+    fn append_lines(&mut self, lines: Vec<Line>, sync: bool) -> std::io::Result<()> {
+        let mut bytes = Vec::with_capacity(512);
+        for line in &lines {
+            serde_json::to_writer(&mut bytes, line).map_err(std::io::Error::other)?;
+            bytes.push(b'\n');
+        }
         self.write_lines(bytes, sync)?;
-        apply(&mut self.cmds, &mut self.epochs, line);
-        self.appended += 1;
+        for line in lines {
+            apply(&mut self.cmds, &mut self.epochs, line);
+            self.appended += 1;
+        }
         if self.appended >= COMPACT_EVERY
             && let Err(e) = self.compact()
         {
@@ -490,6 +505,30 @@ mod tests {
             finished_at_ms: 1,
             full_output: None,
         }
+    }
+
+    #[test]
+    fn accepting_a_command_of_a_higher_epoch_records_the_epoch_in_the_same_write() {
+        let d = tempfile::tempdir().unwrap();
+        let lines = || std::fs::read_to_string(d.path().join(JOURNAL_FILE)).unwrap().lines().count();
+        {
+            let mut j = Journal::open(d.path(), Retention::default()).unwrap();
+            let before = lines();
+            j.accept(cmd("j1", 0, 1, 2)).unwrap();
+            assert_eq!(j.epoch("j1"), Some(2));
+            assert_eq!(lines(), before + 2, "an epoch line and an accepted line");
+            // Same epoch: only the command.
+            j.accept(cmd("j1", 1, 1, 2)).unwrap();
+            assert_eq!(lines(), before + 3);
+            // Higher: raised again.
+            j.accept(cmd("j1", 2, 1, 5)).unwrap();
+            assert_eq!(j.epoch("j1"), Some(5));
+            assert_eq!(lines(), before + 5);
+            assert!(!j.raise_epoch("j1", 4).unwrap());
+        }
+        let j = Journal::open(d.path(), Retention::default()).unwrap();
+        assert_eq!(j.epoch("j1"), Some(5));
+        assert_eq!(j.unfinished().len(), 3);
     }
 
     #[test]

@@ -984,14 +984,15 @@ impl Runtime {
         let lost = self.term.lost().clone();
         for cmd in round.commands {
             self.metrics.commands.inc();
-            tokio::spawn(dispatch::send_command(
+            // Boxed: the task then moves a pointer, not the whole delivery future.
+            tokio::spawn(Box::pin(dispatch::send_command(
                 self.client.clone(),
                 self.topo.names.clone(),
                 cmd,
                 self.tx.clone(),
                 (self.cfg.ack_timeout, self.cfg.ack_deadline),
                 lost.clone(),
-            ));
+            )));
         }
         for id in round.cancels {
             tokio::spawn(dispatch::send_cancel(
