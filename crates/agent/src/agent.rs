@@ -578,7 +578,7 @@ enum Decision {
 }
 
 async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
-    let req: Request = match serde_json::from_slice(&msg.payload) {
+    let req = match Request::from_json(&msg.payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(subject = %msg.subject, error = %e, "malformed request");
