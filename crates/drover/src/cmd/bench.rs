@@ -16,7 +16,9 @@
 //! - `w3`: 20 nodes in batches of 5, `file.write` failing on nodes 7, 8 and 9,
 //!   `max_failures: 1`, rollback; checks that exactly the right nodes ran and were undone.
 //!
-//! Each figure is the median of `--runs` runs, with min and max.
+//! Each figure is the median of `--runs` runs, with min and max, with what the workload
+//! cost: CPU and peak memory by process, and the NATS messages per node-step as the
+//! nats-server counts them (its monitoring endpoint's `/varz`).
 
 use crate::exit::Exit;
 use drover_cli::client::{Client, PlanText};
