@@ -1143,7 +1143,7 @@ async fn write_all(
     fence: Option<&Fence>,
 ) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
-    let server_max = match js.client().server_info().max_payload {
+    let server_max = match js.client().max_payload() {
         0 => 1024 * 1024,
         m => m,
     }
