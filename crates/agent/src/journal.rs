@@ -229,7 +229,7 @@ impl Journal {
         let raise = self.epoch(&cmd.id.job).is_none_or(|e| e < cmd.epoch);
         let epoch = raise.then(|| Line::Epoch { at_ms, job: cmd.id.job.clone(), epoch: cmd.epoch });
         let accepted = Line::Accepted { at_ms, cmd: Box::new(cmd) };
-        self.append_lines(epoch.into_iter().chain([accepted]).collect(), true)
+        self.append_lines(epoch, accepted, true)
     }
 
     /// Record a command's result (fsynced).
@@ -290,19 +290,20 @@ impl Journal {
     }
 
     fn append(&mut self, line: Line, sync: bool) -> std::io::Result<()> {
-        self.append_lines(vec![line], sync)
+        self.append_lines(None, line, sync)
     }
 
-    /// Append lines in one write (and one fsync when `sync`), then apply them.
-    fn append_lines(&mut self, lines: Vec<Line>, sync: bool) -> std::io::Result<()> {
+    /// Append `first` (if any) and `line` in one write (and one fsync when `sync`), then
+    /// apply them.
+    fn append_lines(&mut self, first: Option<Line>, line: Line, sync: bool) -> std::io::Result<()> {
         let mut bytes = Vec::with_capacity(512);
-        for line in &lines {
-            serde_json::to_writer(&mut bytes, line).map_err(std::io::Error::other)?;
+        for l in first.iter().chain([&line]) {
+            serde_json::to_writer(&mut bytes, l).map_err(std::io::Error::other)?;
             bytes.push(b'\n');
         }
         self.write_lines(bytes, sync)?;
-        for line in lines {
-            apply(&mut self.cmds, &mut self.epochs, line);
+        for l in first.into_iter().chain([line]) {
+            apply(&mut self.cmds, &mut self.epochs, l);
             self.appended += 1;
         }
         if self.appended >= COMPACT_EVERY

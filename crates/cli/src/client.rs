@@ -191,17 +191,22 @@ fn segment(s: &str) -> String {
     out
 }
 
+/// A reqwest client builder that can build: reqwest is built without a TLS crypto
+/// provider, so ring is installed first (once per process).
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 impl Client {
     /// A client for the API at `api` (`http://host:port`, with or without a path prefix).
     pub fn new(api: &str) -> Result<Client, CliError> {
-        // reqwest is built without a TLS crypto provider: install ring (once per process).
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let trimmed = api.trim().trim_end_matches('/');
         let base = reqwest::Url::parse(&format!("{trimmed}/"))
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| CliError::Invalid(format!("--api {api}: expected a URL like {}", crate::DEFAULT_API)))?;
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("drover-cli/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -413,9 +413,7 @@ struct Varz {
 impl Varz {
     fn of(server: &drover_bus::server::ManagedServer) -> anyhow::Result<Varz> {
         let base = server.monitoring_url().ok_or_else(|| anyhow::anyhow!("nats-server has no monitoring endpoint"))?;
-        // reqwest is built without a TLS crypto provider: install ring (once per process).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Ok(Varz { http: reqwest::Client::builder().build()?, url: format!("{base}/varz") })
+        Ok(Varz { http: drover_cli::client::http_builder().build()?, url: format!("{base}/varz") })
     }
 
     async fn read(&self) -> anyhow::Result<Msgs> {

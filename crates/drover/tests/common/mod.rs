@@ -69,7 +69,6 @@ impl Default for Options {
 
 impl Fleet {
     pub async fn start(opts: Options) -> Fleet {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut servers = if opts.cluster > 1 {
             ManagedServer::start_cluster(&dir.path().join("nats"), opts.cluster).expect("nats cluster starts")
@@ -94,7 +93,7 @@ impl Fleet {
             controller_process: None,
             agents: BTreeMap::new(),
             url: String::new(),
-            http: reqwest::Client::new(),
+            http: drover_cli::client::http_builder().build().expect("HTTP client"),
         };
         if opts.controller_as_process {
             let args: Vec<&str> = opts.controller_args.iter().map(String::as_str).collect();
