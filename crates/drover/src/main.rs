@@ -7,6 +7,9 @@ mod signals;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// drover: run multi-step operations across fleets of servers, safely.
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, about, propagate_version = true)]
