@@ -7,6 +7,8 @@ mod signals;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the controller spent over a third of its CPU in
+/// malloc/free; see docs/PERFORMANCE.md, "The allocator and whole-program optimization".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
