@@ -174,13 +174,10 @@ impl Shared {
         t
     }
 
-    /// The largest message to send, with headroom for headers: from the server's current
-    /// limit (async-nats updates it at every connection, reconnects included; an atomic read,
-    /// where `server_info()` cloned the whole server info on every command).
+    /// The largest message to send, with headroom for headers (see
+    /// [`drover_bus::payload_limit`]).
     fn max_payload(&self) -> usize {
-        let m = self.client.max_payload();
-        let m = if m == 0 { 1024 * 1024 } else { m };
-        m.saturating_sub(PAYLOAD_HEADROOM).max(4096)
+        drover_bus::payload_limit(&self.client, PAYLOAD_HEADROOM).max(4096)
     }
 
     /// Publish a heartbeat; also store it in the bucket when `store` (every few beats and

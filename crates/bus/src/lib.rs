@@ -52,6 +52,20 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         .map_err(|source| BusError::Connect { url: url.to_string(), source })
 }
 
+/// The NATS default message limit, assumed until the server has said its own.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The largest payload to send on `client`, `headroom` bytes (for headers and framing)
+/// below the server's limit: an atomic read, kept current by async-nats at every
+/// (re)connection. Before the first connection the NATS default (1 MiB) is assumed.
+pub fn payload_limit(client: &async_nats::Client, headroom: usize) -> usize {
+    match client.max_payload() {
+        0 => DEFAULT_MAX_PAYLOAD,
+        m => m,
+    }
+    .saturating_sub(headroom)
+}
+
 /// Retention and replication of drover's streams and buckets.
 #[derive(Debug, Clone)]
 pub struct TopologyConfig {

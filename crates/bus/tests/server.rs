@@ -10,6 +10,8 @@ async fn starts_serves_jetstream_and_stops() {
     let mut server = ManagedServer::start(dir.path()).unwrap();
     assert!(server.url().starts_with("nats://127.0.0.1:"), "{}", server.url());
     let client = connect(server.url(), "test").await.unwrap();
+    // The server's own limit (1 MiB by default), less the headroom asked for.
+    assert_eq!(drover_bus::payload_limit(&client, 1024), 1024 * 1024 - 1024);
     let topo = ensure_topology(client.clone(), &Names::default(), &TopologyConfig::default()).await.unwrap();
     // Idempotent: a second process doing the same gets the same buckets.
     ensure_topology(client.clone(), &Names::default(), &TopologyConfig::default()).await.unwrap();

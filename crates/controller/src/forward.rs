@@ -158,8 +158,7 @@ pub async fn serve(
                 }
             };
             let bytes = serde_json::to_vec(&answer).unwrap_or_default();
-            let max = client.max_payload();
-            let bytes = if max > 0 && bytes.len() > max.saturating_sub(1024) {
+            let bytes = if bytes.len() > drover_bus::payload_limit(&client, 1024) {
                 // Too large for one message (a listing or a job of thousands of nodes).
                 let too_big = Answer::Refused(Refusal::Unavailable(format!(
                     "the answer ({} bytes) is too large to forward; ask the leading controller directly",

@@ -1143,11 +1143,7 @@ async fn write_all(
     fence: Option<&Fence>,
 ) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
-    let server_max = match js.client().max_payload() {
-        0 => 1024 * 1024,
-        m => m,
-    }
-    .saturating_sub(4096);
+    let server_max = drover_bus::payload_limit(&js.client(), 4096);
     let max_payload = server_max.clamp(1024, MAX_BATCH_BYTES);
     // A line longer than `max_payload` travels alone; one longer than the server takes
     // would be refused forever.
