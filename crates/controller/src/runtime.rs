@@ -10,6 +10,7 @@ use crate::lease::Term;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use async_nats::jetstream;
+use bytes::Bytes;
 use drover_bus::{Topology, now_ms};
 use drover_core::api::{JobList, JobSummary, JobView, OperatorReply, PlanPreview};
 use drover_core::engine::{
@@ -17,10 +18,13 @@ use drover_core::engine::{
 };
 use drover_core::parse::{Format, PlanError, PlanErrors, parse_plan};
 use drover_core::resolve::JobSpec;
-use drover_core::wire::{Command, CommandId, CommandKind, MAX_BATCH_BYTES, StepResult, pack_lines, split_lines};
+use drover_core::wire::{
+    ActionOffer, Command, CommandId, CommandKind, Lines, MAX_BATCH_BYTES, StepResult, split_lines,
+};
 use drover_core::{Catalog, Plan};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -184,6 +188,14 @@ pub enum JournalEntry {
     Takeover { epoch: u64, owner: String, at_ms: u64 },
 }
 
+/// [`JournalEntry::Input`] borrowing its event: what [`Runtime::apply`] writes (the
+/// same JSON, without a copy of the event).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum InputLine<'a> {
+    Input { n: u64, event: &'a Event, now: Millis, epoch: u64 },
+}
+
 fn first_epoch() -> u64 {
     1
 }
@@ -258,10 +270,11 @@ struct Fence {
 /// Work collected during a round, carried out after the journal is durable.
 #[derive(Default)]
 struct Round {
-    journal: Vec<(String, Vec<u8>)>,
+    /// Journal and progress lines.
+    journal: Lines,
     /// Results that came in replies, stored for the record on `result.<job>.replied.batch`
     /// (results published by agents are in the results stream already).
-    records: Vec<(String, Vec<u8>)>,
+    records: Lines,
     commands: Vec<Command>,
     cancels: Vec<CommandId>,
     timers: Vec<(String, Millis, Timer)>,
@@ -291,6 +304,8 @@ pub struct Runtime {
     timers: crate::timers::Timers,
     /// Finished jobs still held in memory, oldest first (at most `cfg.retain_finished`).
     finished: VecDeque<String>,
+    /// The last action catalog compiled, with the offers it was compiled from.
+    catalog: Option<(BTreeMap<String, ActionOffer>, Arc<Catalog>)>,
 }
 
 impl Runtime {
@@ -318,6 +333,7 @@ impl Runtime {
             term,
             fence: None,
             finished: VecDeque::new(),
+            catalog: None,
         }
     }
 
@@ -508,8 +524,8 @@ impl Runtime {
             return;
         }
         for p in progress.iter().filter(|p| p.seq > stored) {
-            if let Ok(bytes) = serde_json::to_vec(p) {
-                round.journal.push((subject.clone(), bytes));
+            if let Err(e) = round.journal.push(&subject, p) {
+                tracing::warn!(job = id, "cannot encode a progress event: {e}");
             }
         }
     }
@@ -557,9 +573,9 @@ impl Runtime {
                 self.metrics.results.inc();
                 if msg.is_none()
                     && self.jobs.contains_key(&result.id.job)
-                    && let Ok(bytes) = serde_json::to_vec(&result)
+                    && let Err(e) = round.records.push(&self.topo.names.replied_results(&result.id.job), &result)
                 {
-                    round.records.push((self.topo.names.replied_results(&result.id.job), bytes));
+                    tracing::warn!(key = %result.id.key(), "cannot encode a replied result: {e}");
                 }
                 let id = &result.id;
                 let event = match id.kind {
@@ -658,9 +674,8 @@ impl Runtime {
             ));
         }
         let offers = self.registry.catalog();
-        let catalog = Catalog::new(offers.iter().map(|(k, v)| (k.clone(), v.params_schema.clone())).collect())
-            .map_err(|e| Refusal::Invalid("an agent offers an invalid action schema".into(), vec![e.to_string()]))?;
-        let plan = parse_plan(text, format, Some(&catalog)).map_err(|e| {
+        let catalog = self.catalog_of(&offers)?;
+        let plan = parse_plan(text, format, Some(catalog.as_ref())).map_err(|e| {
             if offers.is_empty() {
                 let mut e = e;
                 e.0.push(PlanError {
@@ -703,9 +718,8 @@ impl Runtime {
             epoch: self.term.epoch,
             engine: self.cfg.engine,
         };
-        match serde_json::to_vec(&line) {
-            Ok(bytes) => round.journal.push((self.topo.names.job_inputs(&job_id), bytes)),
-            Err(e) => return Err(Refusal::Unavailable(format!("cannot journal the job: {e}"))),
+        if let Err(e) = round.journal.push(&self.topo.names.job_inputs(&job_id), &line) {
+            return Err(Refusal::Unavailable(format!("cannot journal the job: {e}")));
         }
         let entry = Entry {
             job: Job::new(spec, self.cfg.engine),
@@ -725,6 +739,21 @@ impl Runtime {
     }
 
     /// Every target must offer every action the plan uses on it.
+    /// The fleet's action catalog (its schemas compiled), compiled again only when the
+    /// offers changed since the last submission.
+    fn catalog_of(&mut self, offers: &BTreeMap<String, ActionOffer>) -> Result<Arc<Catalog>, Refusal> {
+        if let Some((cached, catalog)) = &self.catalog
+            && cached == offers
+        {
+            return Ok(catalog.clone());
+        }
+        let catalog = Catalog::new(offers.iter().map(|(k, v)| (k.clone(), v.params_schema.clone())).collect())
+            .map_err(|e| Refusal::Invalid("an agent offers an invalid action schema".into(), vec![e.to_string()]))?;
+        let catalog = Arc::new(catalog);
+        self.catalog = Some((offers.clone(), catalog.clone()));
+        Ok(catalog)
+    }
+
     fn check_offers(&self, plan: &Plan, spec: &JobSpec) -> Result<(), PlanErrors> {
         let mut errors = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
@@ -842,21 +871,29 @@ impl Runtime {
         round: &mut Round,
     ) -> Result<(), drover_core::engine::Rejected> {
         let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
-        let journal = serde_json::to_vec(&JournalEntry::Input {
-            n: entry.inputs + 1,
-            event: event.clone(),
-            now,
-            epoch: self.term.epoch,
-        })
-        .ok();
+        // Written before the engine takes the event, taken back if it refuses it.
+        let subject = self.topo.names.job_inputs(id);
+        let line = InputLine::Input { n: entry.inputs + 1, event: &event, now, epoch: self.term.epoch };
+        let journaled = match round.journal.push(&subject, &line) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(job = id, "cannot encode an engine input for the journal: {e}");
+                false
+            }
+        };
         let t = std::time::Instant::now();
         let decided = entry.job.handle(event, now);
         self.metrics.engine_seconds.inc_by(t.elapsed().as_secs_f64());
-        let actions = decided?;
+        let actions = match decided {
+            Ok(a) => a,
+            Err(e) => {
+                if journaled {
+                    round.journal.pop(&subject);
+                }
+                return Err(e);
+            }
+        };
         entry.inputs += 1;
-        if let Some(bytes) = journal {
-            round.journal.push((self.topo.names.job_inputs(id), bytes));
-        }
         round.summaries.insert(id.to_string());
         self.perform(id, actions, now, round);
         Ok(())
@@ -864,9 +901,9 @@ impl Runtime {
 
     /// Turn a job's engine actions into the round's commands, timers and journal lines.
     fn perform(&mut self, id: &str, actions: Vec<Action>, now: u64, round: &mut Round) {
-        let names = self.topo.names.clone();
         let epoch = self.term.epoch;
         let Some(entry) = self.jobs.get_mut(id) else { return };
+        let mut progress_subject = None;
         for a in actions {
             match a {
                 Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
@@ -901,8 +938,9 @@ impl Runtime {
                     {
                         entry.active_nodes.remove(n);
                     }
-                    if let Ok(bytes) = serde_json::to_vec(&p) {
-                        round.journal.push((names.job_progress(id), bytes));
+                    let subject = progress_subject.get_or_insert_with(|| self.topo.names.job_progress(id));
+                    if let Err(e) = round.journal.push(subject, &p) {
+                        tracing::error!(job = id, "cannot encode a progress event: {e}");
                     }
                 }
                 Action::Finish { status, .. } => {
@@ -965,7 +1003,7 @@ impl Runtime {
             let mut next = Round::default();
             self.start_queued(now, &mut next);
             let journal = std::mem::take(&mut next.journal);
-            if !write_all(&self.topo.js, Vec::new(), journal, &self.term, self.fence.as_ref()).await {
+            if !write_all(&self.topo.js, Lines::default(), journal, &self.term, self.fence.as_ref()).await {
                 return self.deposed(Commit::Lost);
             }
             round.commands.extend(next.commands);
@@ -1135,36 +1173,28 @@ fn command(
 /// and to watchers; records are told apart by their command key). Each journal write
 /// expects `fence` to be the last takeover line. `false` when the term ended (a newer
 /// leader's takeover line, or the lease ran out) before everything was stored.
-async fn write_all(
-    js: &jetstream::Context,
-    records: Vec<(String, Vec<u8>)>,
-    lines: Vec<(String, Vec<u8>)>,
-    term: &Term,
-    fence: Option<&Fence>,
-) -> bool {
+async fn write_all(js: &jetstream::Context, records: Lines, lines: Lines, term: &Term, fence: Option<&Fence>) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
     let server_max = drover_bus::payload_limit(&js.client(), 4096);
     let max_payload = server_max.clamp(1024, MAX_BATCH_BYTES);
-    // A line longer than `max_payload` travels alone; one longer than the server takes
-    // would be refused forever.
-    let records: Vec<(String, Vec<u8>)> = records
-        .into_iter()
-        .filter(|(subject, bytes)| {
-            let fits = bytes.len() <= server_max;
-            if !fits {
-                tracing::warn!(%subject, bytes = bytes.len(), server_max, "a replied result too large to store is left out");
-            }
-            fits
-        })
-        .collect();
     let mut acks = Vec::new();
     let mut failed = Vec::new();
-    for (lines, fence) in [(records, None), (lines, fence)] {
-        for (subject, lines) in by_subject(lines) {
-            for bytes in pack_lines(lines, max_payload) {
-                match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
-                    Ok(ack) => acks.push((subject.clone(), bytes, fence, ack)),
-                    Err(_) => failed.push((subject.clone(), bytes, fence)),
+    // A line longer than `max_payload` travels alone. A record longer than the server
+    // takes is left out; a journal line never is (the commit waits for it).
+    for (lines, fence, limit) in [(records, None, server_max), (lines, fence, usize::MAX)] {
+        for s in lines.into_subjects() {
+            let (messages, left_out) = s.messages(max_payload, limit);
+            for line in left_out {
+                tracing::warn!(subject = %s.subject, bytes = line.len(), server_max, "a replied result too large to store is left out");
+            }
+            let subject = s.subject.clone();
+            // Each message is a slice of the subject's buffer: nothing is copied.
+            let bytes = Bytes::from(s.into_bytes());
+            for m in messages {
+                let payload = bytes.slice(m);
+                match js.send_publish(subject.clone(), fenced(payload.clone(), fence)).await {
+                    Ok(ack) => acks.push((subject.clone(), payload, fence, ack)),
+                    Err(_) => failed.push((subject.clone(), payload, fence)),
                 }
             }
         }
@@ -1186,25 +1216,11 @@ async fn write_all(
     true
 }
 
-/// Lines grouped by subject, subjects in order of first appearance, lines in order.
-fn by_subject(lines: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<Vec<u8>>)> {
-    let mut subjects: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (subject, bytes) in lines {
-        let i = *index.entry(subject.clone()).or_insert_with(|| {
-            subjects.push((subject, Vec::new()));
-            subjects.len() - 1
-        });
-        subjects[i].1.push(bytes);
-    }
-    subjects
-}
-
 /// A journal message that the stream stores only while `fence` is still the last
 /// takeover line (`Nats-Expected-Last-Subject-Sequence` on the takeover subject; servers
 /// older than 2.11 ignore it, and the term's time limit is then the only fence).
-fn fenced(bytes: &[u8], fence: Option<&Fence>) -> jetstream::message::PublishMessage {
-    let msg = jetstream::message::PublishMessage::build().payload(bytes.to_vec().into());
+fn fenced(bytes: Bytes, fence: Option<&Fence>) -> jetstream::message::PublishMessage {
+    let msg = jetstream::message::PublishMessage::build().payload(bytes);
     match fence {
         Some(f) => msg
             .expected_last_subject_sequence(f.seq)
@@ -1225,14 +1241,14 @@ fn superseded(term: &Term) -> bool {
 async fn publish_retrying(
     js: jetstream::Context,
     subject: String,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     term: &Term,
     fence: Option<&Fence>,
 ) -> bool {
     use jetstream::context::PublishErrorKind;
     let mut delay = Duration::from_millis(50);
     loop {
-        let r = match js.send_publish(subject.clone(), fenced(&bytes, fence)).await {
+        let r = match js.send_publish(subject.clone(), fenced(bytes.clone(), fence)).await {
             Ok(ack) => ack.await.map(|_| ()),
             Err(e) => Err(e),
         };
@@ -1252,4 +1268,26 @@ async fn publish_retrying(
 /// Forward progress to a log line (debug).
 pub fn log_progress(job: &str, p: &Progress) {
     tracing::debug!(job, seq = p.seq, kind = ?p.kind, node = ?p.node, step = ?p.step, "progress");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_lines_are_written_as_journal_entries_read_them() {
+        let event = Event::StepResult {
+            node: "web-1".into(),
+            step: 2,
+            attempt: 1,
+            outcome: AttemptOutcome::Failed,
+            metadata: serde_json::json!({ "k": [1, 2] }),
+            error: Some("exit 3".into()),
+        };
+        let written = serde_json::to_value(InputLine::Input { n: 7, event: &event, now: 42, epoch: 3 }).unwrap();
+        let owned = JournalEntry::Input { n: 7, event, now: 42, epoch: 3 };
+        assert_eq!(written, serde_json::to_value(&owned).unwrap());
+        let back: JournalEntry = serde_json::from_value(written).unwrap();
+        assert!(matches!(back, JournalEntry::Input { n: 7, now: 42, epoch: 3, .. }));
+    }
 }

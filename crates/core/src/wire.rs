@@ -420,31 +420,121 @@ pub enum AgentStatus {
 /// `max_payload` is 1 MiB; a line longer than this travels alone).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Pack JSON documents into as few messages as fit [`MAX_BATCH_BYTES`], one document per
-/// line (serde_json never writes a raw newline inside a document), in order.
+/// JSON documents for the streams, one per line (serde_json never writes a raw newline
+/// inside a document), grouped by subject as they are written, to be sent as a few
+/// messages per subject.
 ///
 /// A job's journal and progress are written this way: one message per job per round
-/// instead of one per line. [`split_lines`] reads both forms (a message written before
+/// instead of one per line. Each document is serialized once, straight into its
+/// subject's buffer; [`SubjectLines::messages`] then cuts that buffer into messages
+/// without copying it. [`split_lines`] reads both forms (a message written before
 /// batching holds one document and no newline).
-pub fn pack_lines(lines: impl IntoIterator<Item = Vec<u8>>, max: usize) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut cur: Vec<u8> = Vec::new();
-    for line in lines {
-        if !cur.is_empty() && cur.len() + 1 + line.len() > max {
-            out.push(std::mem::take(&mut cur));
-        }
-        if !cur.is_empty() {
-            cur.push(b'\n');
-        }
-        cur.extend_from_slice(&line);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+#[derive(Debug, Default)]
+pub struct Lines {
+    subjects: Vec<SubjectLines>,
+    /// The subject written last (the next line is most often for it again).
+    last: usize,
 }
 
-/// The documents of a message written by [`pack_lines`] (empty lines skipped).
+/// One subject's lines: `buf` holds them separated by newlines, `ends[i]` is where line
+/// `i` ends.
+#[derive(Debug)]
+pub struct SubjectLines {
+    pub subject: String,
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    /// Append `doc` as a line of `subject`. On an error nothing is appended.
+    pub fn push<T: Serialize + ?Sized>(&mut self, subject: &str, doc: &T) -> serde_json::Result<()> {
+        let i = match self.subjects.get(self.last) {
+            Some(s) if s.subject == subject => self.last,
+            _ => match self.subjects.iter().position(|s| s.subject == subject) {
+                Some(i) => i,
+                None => {
+                    self.subjects.push(SubjectLines {
+                        subject: subject.to_string(),
+                        buf: Vec::new(),
+                        ends: Vec::new(),
+                    });
+                    self.subjects.len() - 1
+                }
+            },
+        };
+        self.last = i;
+        let s = &mut self.subjects[i];
+        let before = s.buf.len();
+        if !s.ends.is_empty() {
+            s.buf.push(b'\n');
+        }
+        if let Err(e) = serde_json::to_writer(&mut s.buf, doc) {
+            s.buf.truncate(before);
+            return Err(e);
+        }
+        s.ends.push(s.buf.len());
+        Ok(())
+    }
+
+    /// Take back the last line of `subject` (one just pushed that is not to be sent).
+    pub fn pop(&mut self, subject: &str) {
+        let Some(s) = self.subjects.iter_mut().find(|s| s.subject == subject) else { return };
+        if s.ends.pop().is_some() {
+            s.buf.truncate(s.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    /// Lines over all subjects.
+    pub fn len(&self) -> usize {
+        self.subjects.iter().map(|s| s.ends.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subjects.iter().all(|s| s.ends.is_empty())
+    }
+
+    /// The subjects, in the order of their first line.
+    pub fn into_subjects(self) -> Vec<SubjectLines> {
+        self.subjects
+    }
+}
+
+impl SubjectLines {
+    /// The messages to send, as ranges of [`SubjectLines::into_bytes`]: consecutive lines
+    /// packed up to `max` bytes each (a longer line travels alone), in order, leaving out
+    /// every line longer than `limit` (returned apart, for the caller to report).
+    pub fn messages(&self, max: usize, limit: usize) -> (Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>) {
+        let (mut out, mut left_out) = (Vec::new(), Vec::new());
+        let mut cur: Option<std::ops::Range<usize>> = None;
+        let mut start = 0;
+        for &end in &self.ends {
+            let line = start..end;
+            start = end + 1;
+            if line.len() > limit {
+                out.extend(cur.take());
+                left_out.push(line);
+                continue;
+            }
+            cur = match cur.take() {
+                Some(c) if line.end - c.start <= max => Some(c.start..line.end),
+                Some(c) => {
+                    out.push(c);
+                    Some(line)
+                }
+                None => Some(line),
+            };
+        }
+        out.extend(cur);
+        (out, left_out)
+    }
+
+    /// The lines, separated by newlines (what [`SubjectLines::messages`] ranges over).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// The documents of a message written from [`Lines`] (empty lines skipped).
 pub fn split_lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
     payload.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace))
 }
@@ -452,22 +542,57 @@ pub fn split_lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn packed_lines_split_back_in_order_within_the_size() {
-        let docs: Vec<Vec<u8>> = (0..100).map(|i| format!("{{\"n\":{i},\"s\":\"a\\nb\"}}").into_bytes()).collect();
-        let packed = pack_lines(docs.clone(), 100);
-        assert!(packed.len() > 1);
-        for m in &packed {
-            assert!(m.len() <= 100, "{}", m.len());
+    fn lines_pack_per_subject_and_split_back_in_order_within_the_size() {
+        let mut lines = Lines::default();
+        let docs: Vec<Value> = (0..100).map(|i| serde_json::json!({ "n": i, "s": "a\nb" })).collect();
+        for (i, d) in docs.iter().enumerate() {
+            lines.push(if i % 3 == 0 { "x" } else { "y" }, d).unwrap();
         }
-        let back: Vec<Vec<u8>> = packed.iter().flat_map(|m| split_lines(m).map(<[u8]>::to_vec)).collect();
-        assert_eq!(back, docs);
-        // A document longer than the limit travels alone; an old single-document message
-        // reads as one line.
-        let big = vec![b'x'; 300];
-        assert_eq!(pack_lines(vec![b"a".to_vec(), big.clone(), b"b".to_vec()], 100).len(), 3);
+        assert_eq!(lines.len(), 100);
+        let subjects = lines.into_subjects();
+        assert_eq!(subjects.iter().map(|s| s.subject.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        let mut back: Vec<(usize, Value)> = Vec::new();
+        for s in subjects {
+            let (messages, left_out) = s.messages(100, usize::MAX);
+            assert!(left_out.is_empty());
+            assert!(messages.len() > 1);
+            let bytes = s.into_bytes();
+            for m in messages {
+                assert!(m.len() <= 100, "{}", m.len());
+                for l in split_lines(&bytes[m]) {
+                    let v: Value = serde_json::from_slice(l).unwrap();
+                    back.push((v["n"].as_u64().unwrap() as usize, v));
+                }
+            }
+        }
+        back.sort_by_key(|(n, _)| *n);
+        assert_eq!(back.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), docs);
+        // A document longer than the packing size travels alone; one longer than the
+        // limit is left out; an old single-document message reads as one line.
+        let mut lines = Lines::default();
+        for d in ["a".to_string(), "x".repeat(300), "b".to_string(), "y".repeat(2000), "c".to_string()] {
+            lines.push("s", &d).unwrap();
+        }
+        let s = lines.into_subjects().pop().unwrap();
+        let (messages, left_out) = s.messages(100, 1000);
+        let bytes = s.into_bytes();
+        let texts: Vec<&[u8]> = messages.iter().map(|m| &bytes[m.clone()]).collect();
+        let x = format!("\"{}\"", "x".repeat(300));
+        assert_eq!(texts, [&b"\"a\""[..], x.as_bytes(), b"\"b\"", b"\"c\""]);
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].len(), 2002);
         assert_eq!(split_lines(b"{\"a\":1}").count(), 1);
         assert_eq!(split_lines(b"").count(), 0);
-        assert!(pack_lines(Vec::<Vec<u8>>::new(), 100).is_empty());
+        assert!(Lines::default().is_empty());
+        // A line taken back leaves the others as they were.
+        let mut lines = Lines::default();
+        lines.push("s", "a").unwrap();
+        lines.push("t", "b").unwrap();
+        lines.push("s", "c").unwrap();
+        lines.pop("s");
+        assert_eq!(lines.len(), 2);
+        let bytes: Vec<Vec<u8>> = lines.into_subjects().into_iter().map(SubjectLines::into_bytes).collect();
+        assert_eq!(bytes, [b"\"a\"".to_vec(), b"\"b\"".to_vec()]);
     }
 
     use super::*;
