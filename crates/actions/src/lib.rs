@@ -428,7 +428,11 @@ async fn supervise(
     let start = tokio::time::Instant::from_std(begun);
     // A timeout too large to add (e.g. Duration::MAX) means "no timeout" in practice.
     let deadline = start.checked_add(ctx.timeout).unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
+    // The action first: one that finishes at once (most do) then never arms the timer
+    // nor waits on the token, and a result that is ready is kept even if the deadline or
+    // the cancel came in the same instant.
     let interrupted = tokio::select! {
+        biased;
         r = &mut fut => Err(r),
         _ = tokio::time::sleep_until(deadline) => Ok(ExecStatus::TimedOut),
         _ = ctx.cancel.cancelled() => Ok(ExecStatus::Cancelled),

@@ -1,7 +1,7 @@
 //! The agent runtime: registration, heartbeats, the command subscription, execution,
 //! result publication, drain and kill.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -62,10 +62,10 @@ struct State {
     /// `None` once the agent was killed or stopped: nothing is written any more.
     journal: Option<Journal>,
     /// Running commands by key.
-    running: HashMap<String, CancellationToken>,
+    running: crate::journal::Map<CancellationToken>,
     /// Running commands that were sent again meanwhile: the sender gave up waiting for
     /// the first answer, so their results must be published, not only answered.
-    resent: HashSet<String>,
+    resent: HashSet<String, foldhash::fast::RandomState>,
     draining: bool,
 }
 
@@ -271,8 +271,8 @@ impl Agent {
             registry,
             state: Mutex::new(State {
                 journal: Some(journal),
-                running: HashMap::new(),
-                resent: HashSet::new(),
+                running: Default::default(),
+                resent: Default::default(),
                 draining: false,
             }),
             tracker: TaskTracker::new(),
@@ -659,8 +659,9 @@ async fn handle_request(s: Arc<Shared>, msg: async_nats::Message) {
                 }
                 Decision::Accepted(cmd, token) => {
                     tracing::info!(key = %key, action = %cmd.action, step = %cmd.step_name, "command accepted");
-                    let run = execute(&s, &cmd, token);
-                    tokio::pin!(run);
+                    // Boxed: the action's future then does not add to the size of this
+                    // request's future, which is moved when it is spawned.
+                    let mut run = Box::pin(execute(&s, &cmd, token));
                     // A quick command is answered with its result (one round trip); a
                     // longer one is acknowledged now and its result published at its end.
                     let quick = if s.cfg.result_in_reply.is_zero() {
