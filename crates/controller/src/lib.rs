@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod recovery;
 pub mod registry;
 pub mod runtime;
+pub mod summaries;
 pub mod timers;
 
 pub use config::ControllerConfig;

@@ -306,6 +306,8 @@ pub struct Runtime {
     finished: VecDeque<String>,
     /// The last action catalog compiled, with the offers it was compiled from.
     catalog: Option<(BTreeMap<String, ActionOffer>, Arc<Catalog>)>,
+    /// Which job summaries to write to the jobs bucket, and when.
+    summary_writes: crate::summaries::SummaryWrites,
 }
 
 impl Runtime {
@@ -334,6 +336,7 @@ impl Runtime {
             fence: None,
             finished: VecDeque::new(),
             catalog: None,
+            summary_writes: Default::default(),
         }
     }
 
@@ -1053,18 +1056,20 @@ impl Runtime {
                 tracing::warn!("acking a result: {e}");
             }
         }
-        // 5. Job summaries for listing by other processes.
-        for id in round.summaries {
-            if let Some(e) = self.jobs.get(&id)
-                && let Ok(bytes) = serde_json::to_vec(&e.summary())
-            {
-                let jobs = self.topo.jobs.clone();
-                tokio::spawn(lost.clone().run_until_cancelled_owned(async move {
-                    if let Err(e) = jobs.put(&id, bytes.into()).await {
-                        tracing::warn!("writing job summary {id}: {e}");
-                    }
-                }));
-            }
+        // 5. Job summaries for listing by other processes: on a change of status at once,
+        //    otherwise at most once a second (crate::summaries).
+        for id in &round.summaries {
+            self.summary_writes.touch(id);
+        }
+        let jobs = &self.jobs;
+        for summary in self.summary_writes.due(now_ms(), |id| jobs.get(id).map(Entry::summary)) {
+            let Ok(bytes) = serde_json::to_vec(&summary) else { continue };
+            let bucket = self.topo.jobs.clone();
+            tokio::spawn(lost.clone().run_until_cancelled_owned(async move {
+                if let Err(e) = bucket.put(&summary.id, bytes.into()).await {
+                    tracing::warn!("writing job summary {}: {e}", summary.id);
+                }
+            }));
         }
         // 6. Finished jobs join the retained ones (after their final summary is written).
         for id in retired {
