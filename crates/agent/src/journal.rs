@@ -31,11 +31,6 @@
 //! directory.
 
 use std::collections::HashMap;
-
-/// The journal's maps are keyed by command keys and job ids, which come from the
-/// controller: a fast hasher (foldhash, seeded per process) instead of SipHash, which was
-/// a few percent of an agent's work per command.
-pub(crate) type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -48,6 +43,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Retention;
+
+/// The journal's maps are keyed by command keys and job ids, which come from the
+/// controller: a fast hasher (foldhash, seeded per process) instead of SipHash, which was
+/// a few percent of an agent's work per command.
+pub(crate) type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 /// The journal's file name inside the data directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";

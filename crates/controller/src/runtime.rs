@@ -741,7 +741,6 @@ impl Runtime {
         Ok(Submitted::Job(Box::new(view)))
     }
 
-    /// Every target must offer every action the plan uses on it.
     /// The fleet's action catalog (its schemas compiled), compiled again only when the
     /// offers changed since the last submission.
     fn catalog_of(&mut self, offers: &BTreeMap<String, ActionOffer>) -> Result<Arc<Catalog>, Refusal> {
@@ -757,6 +756,7 @@ impl Runtime {
         Ok(catalog)
     }
 
+    /// Every target must offer every action the plan uses on it.
     fn check_offers(&self, plan: &Plan, spec: &JobSpec) -> Result<(), PlanErrors> {
         let mut errors = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
