@@ -22,6 +22,8 @@ fn bench_runs_its_workloads_and_reports_json() {
     assert!(w1["median_ms"].as_f64().unwrap() > 0.0);
     assert!(w1["ratio"].as_f64().unwrap() > 0.0, "w1 is compared with the floor: {w1}");
     assert!(w1["node_p99_ms"].as_f64().is_some());
+    // The measured runs only (each workload's warm-up run is not counted).
+    assert_eq!(w1["runs_ms"].as_array().map(Vec::len), Some(1), "{w1}");
     // NATS messages per node-step, read from the server: the floor is one request and
     // one reply; a node-step at least sends its command and gets its answer.
     let floor_msgs = &figures[0]["messages"];

@@ -17,7 +17,8 @@
 //!   `max_failures: 1`, rollback; checks that exactly the right nodes ran and were undone.
 //!
 //! Each figure is the median of `--runs` runs, with min and max, with what the workload
-//! cost: CPU and peak memory by process, and the NATS messages per node-step as the
+//! cost (each workload first runs once unmeasured, as the floor first asks every
+//! responder once: the first job on a fresh fleet pays one-time costs): CPU and peak memory by process, and the NATS messages per node-step as the
 //! nats-server counts them (its monitoring endpoint's `/varz`).
 
 use crate::exit::Exit;
@@ -34,7 +35,8 @@ pub struct BenchArgs {
     /// Fleet sizes for the fan-out (w1) and its floor, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub nodes: Vec<usize>,
-    /// Runs per figure (the median is reported, with min and max).
+    /// Runs per figure (the median is reported, with min and max), after one unmeasured
+    /// warm-up run of each workload.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Workloads to run, comma-separated: w1, floor, w2, w3.
@@ -60,6 +62,8 @@ struct Figure {
     median_ms: f64,
     min_ms: f64,
     max_ms: f64,
+    /// Every run's time, in the order they ran.
+    runs_ms: Vec<f64>,
     /// What the figure is compared with (the NATS floor for w1, the sleeps for w2).
     #[serde(skip_serializing_if = "Option::is_none")]
     floor_ms: Option<f64>,
@@ -235,6 +239,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         if has("w1") {
             for &n in &args.nodes {
                 let floor_ms = figures.iter().find(|f| f.workload == "floor" && f.nodes == n).map(|f| f.median_ms);
+                // Unmeasured, as the floor's first request to each responder: the first
+                // job on a fresh fleet was a third slower than the next ones.
+                w1(&client, &js, n, 1, None).await?;
                 let start = cost.now().await?;
                 let mut f = w1(&client, &js, n, args.runs, floor_ms).await?;
                 f.measured(cost.since(start).await?);
@@ -242,12 +249,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
             }
         }
         if has("w2") {
+            w2(&client, &out, 1).await?;
             let start = cost.now().await?;
             let mut f = w2(&client, &out, args.runs).await?;
             f.measured(cost.since(start).await?);
             figures.push(f);
         }
         if has("w3") {
+            w3(&client, &out.join("warm-up"), 1).await?;
             let start = cost.now().await?;
             let mut f = w3(&client, &out, args.runs).await?;
             f.measured(cost.since(start).await?);
@@ -580,6 +589,7 @@ fn figure(
         median_ms: median,
         min_ms: sorted[0],
         max_ms: sorted[sorted.len() - 1],
+        runs_ms: times.to_vec(),
         floor_ms,
         ratio: floor_ms.filter(|f| *f > 0.0).map(|f| median / f),
         node_p50_ms: lat.map(|l| l.0),
