@@ -1,7 +1,6 @@
 //! The agent runtime: registration, heartbeats, the command subscription, execution,
 //! result publication, drain and kill.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,7 @@ struct State {
     running: crate::journal::Map<CancellationToken>,
     /// Running commands that were sent again meanwhile: the sender gave up waiting for
     /// the first answer, so their results must be published, not only answered.
-    resent: HashSet<String, foldhash::fast::RandomState>,
+    resent: crate::journal::Set,
     draining: bool,
 }
 

@@ -48,6 +48,8 @@ use crate::config::Retention;
 /// controller: a fast hasher (foldhash, seeded per process) instead of SipHash, which was
 /// a few percent of an agent's work per command.
 pub(crate) type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+/// A set of command keys, hashed the same way.
+pub(crate) type Set = std::collections::HashSet<String, foldhash::fast::RandomState>;
 
 /// The journal's file name inside the data directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";

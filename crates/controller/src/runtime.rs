@@ -281,7 +281,6 @@ struct Round {
     /// Result messages whose effect this round journals, acknowledged after the commit.
     acks: Vec<jetstream::Message>,
     finished: Vec<String>,
-    summaries: BTreeSet<String>,
 }
 
 pub struct Runtime {
@@ -464,7 +463,7 @@ impl Runtime {
             if stage == Stage::Done {
                 self.retire(r.id);
             } else {
-                round.summaries.insert(r.id);
+                self.summary_writes.touch(&r.id);
             }
         }
         self.start_queued(now, &mut round);
@@ -736,7 +735,7 @@ impl Runtime {
         self.order.push(job_id.clone());
         self.queue.push_back(job_id.clone());
         self.start_queued(now, round);
-        round.summaries.insert(job_id.clone());
+        self.summary_writes.touch(&job_id);
         let view = self.view(&job_id).ok_or_else(|| Refusal::Unavailable("job vanished".into()))?;
         Ok(Submitted::Job(Box::new(view)))
     }
@@ -897,7 +896,7 @@ impl Runtime {
             }
         };
         entry.inputs += 1;
-        round.summaries.insert(id.to_string());
+        self.summary_writes.touch(id);
         self.perform(id, actions, now, round);
         Ok(())
     }
@@ -1012,7 +1011,6 @@ impl Runtime {
             round.commands.extend(next.commands);
             round.cancels.extend(next.cancels);
             round.timers.extend(next.timers);
-            round.summaries.extend(next.summaries);
             finished = next.finished;
         }
         // A pause (or a stalled write) may have outlasted the lease: wait for a renewal;
@@ -1056,11 +1054,9 @@ impl Runtime {
                 tracing::warn!("acking a result: {e}");
             }
         }
-        // 5. Job summaries for listing by other processes: on a change of status at once,
-        //    otherwise at most once a second (crate::summaries).
-        for id in &round.summaries {
-            self.summary_writes.touch(id);
-        }
+        // 5. Job summaries for listing by other processes (of the jobs this round and
+        //    earlier ones touched): on a change of status at once, otherwise at most once
+        //    a second (crate::summaries).
         let jobs = &self.jobs;
         for summary in self.summary_writes.due(now_ms(), |id| jobs.get(id).map(Entry::summary)) {
             let Ok(bytes) = serde_json::to_vec(&summary) else { continue };
