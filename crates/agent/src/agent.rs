@@ -84,6 +84,8 @@ struct Shared {
     give_up: CancellationToken,
     /// How long journal appends take lately (decides where they run).
     journal_speed: JournalSpeed,
+    /// The interval it beats at now (ms): `cfg.heartbeat`, or longer in a large fleet.
+    beat_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A moving average of how long journal work takes, to run it inline while it is fast.
@@ -188,7 +190,8 @@ impl Shared {
             r.sort();
             r
         };
-        let hb = Heartbeat { node: self.node_id.clone(), status, at_ms: now_ms(), running };
+        let interval_ms = self.beat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let hb = Heartbeat { node: self.node_id.clone(), status, at_ms: now_ms(), running, interval_ms };
         let body: bytes::Bytes = match serde_json::to_vec(&hb) {
             Ok(b) => b.into(),
             Err(e) => return tracing::error!(error = %e, "cannot encode heartbeat"),
@@ -261,6 +264,7 @@ impl Agent {
         record.catalog = Some(key);
         let body = serde_json::to_vec(&record).map_err(|e| AgentError::Task(e.to_string()))?;
         topo.nodes.put(&node_id, body.into()).await.map_err(|e| register_err(e.to_string()))?;
+        let beat_ms = fleet_beat_ms(&topo, &cfg, configured_beat_ms(&cfg)).await;
         let shared = Arc::new(Shared {
             node_id: node_id.clone(),
             policy: Arc::new(cfg.policy.clone()),
@@ -278,6 +282,7 @@ impl Agent {
             kill: CancellationToken::new(),
             give_up: CancellationToken::new(),
             journal_speed: JournalSpeed::starting_at(open_took),
+            beat_ms: std::sync::atomic::AtomicU64::new(beat_ms),
         });
         let mut handle = AgentHandle {
             shared: shared.clone(),
@@ -502,22 +507,62 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
     }
 }
 
+/// Beats between two counts of the fleet: an agent follows a fleet that grows (or
+/// shrinks) within this many beats.
+const BEATS_PER_FLEET_COUNT: u64 = 30;
+
+/// Count the fleet after this beat? Every [`BEATS_PER_FLEET_COUNT`] beats, and sooner
+/// after the start (beats 1, 2, 4, 8, 16): when a whole fleet starts at once, the
+/// first agents found only a few registered.
+fn counts_fleet_after(beat: u64) -> bool {
+    (beat < BEATS_PER_FLEET_COUNT && beat.is_power_of_two()) || beat.is_multiple_of(BEATS_PER_FLEET_COUNT)
+}
+
+fn configured_beat_ms(cfg: &AgentConfig) -> u64 {
+    u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The interval to beat at in the fleet as it is now (`drover_core::liveness`). The
+/// nodes bucket's entries count the fleet: the registrations, plus the few action
+/// catalogs. `current` when they cannot be counted.
+async fn fleet_beat_ms(topo: &Topology, cfg: &AgentConfig, current: u64) -> u64 {
+    let configured = configured_beat_ms(cfg);
+    if cfg.fleet_beats_per_s == 0 {
+        return configured;
+    }
+    match drover_bus::kv_entries(&topo.js, &topo.names.nodes_bucket()).await {
+        Ok(n) => drover_core::liveness::beat_interval_ms(configured, n, cfg.fleet_beats_per_s),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot count the fleet; the heartbeat interval stays");
+            current
+        }
+    }
+}
+
 async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + s.cfg.heartbeat, s.cfg.heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Every `every`-th beat is stored (the start stored one), so that the stored one is
-    // never older than HEARTBEAT_STORE_EVERY_MS: counted in beats, not measured, so that
-    // timer jitter cannot make every beat a write.
-    let interval = s.cfg.heartbeat.as_millis().max(1) as u64;
-    let every = (HEARTBEAT_STORE_EVERY_MS / interval).max(1);
+    use std::sync::atomic::Ordering::Relaxed;
+    let ticker = |ms: u64| {
+        let every = Duration::from_millis(ms);
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let mut interval = s.beat_ms.load(Relaxed);
+    let mut tick = ticker(interval);
     let mut last = AgentStatus::Online;
     let mut since_stored = 0u64;
+    let mut beats = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
+        // Every `every`-th beat is stored (the start stored one), so that the stored one is
+        // never older than HEARTBEAT_STORE_EVERY_MS (or one beat, when beats are further
+        // apart): counted in beats, not measured, so that timer jitter cannot make every
+        // beat a write.
+        let every = (HEARTBEAT_STORE_EVERY_MS / interval).max(1);
         since_stored += 1;
         let store = status != last || since_stored >= every;
         s.heartbeat(status, store).await;
@@ -525,6 +570,21 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
             since_stored = 0;
         }
         last = status;
+        beats += 1;
+        if counts_fleet_after(beats) {
+            let next = fleet_beat_ms(&s.topo, &s.cfg, interval).await;
+            if next != interval {
+                tracing::info!(from_ms = interval, to_ms = next, "the fleet's size changes the heartbeat interval");
+                interval = next;
+                s.beat_ms.store(next, Relaxed);
+                tick = ticker(next);
+                // Said at once (and stored): the controller allows a node the silence of
+                // three of the beats its last beat said, so it learns of a longer interval
+                // before the first longer wait.
+                s.heartbeat(status, true).await;
+                since_stored = 0;
+            }
+        }
     }
 }
 
@@ -1027,6 +1087,12 @@ mod tests {
         // The first guess is the time the journal took to open (and compact).
         assert!(!JournalSpeed::starting_at(Duration::from_millis(3)).is_fast());
         assert!(JournalSpeed::starting_at(Duration::from_micros(80)).is_fast());
+    }
+
+    #[test]
+    fn the_fleet_is_counted_soon_after_the_start_then_every_30_beats() {
+        let counted: Vec<u64> = (1..=95).filter(|&b| counts_fleet_after(b)).collect();
+        assert_eq!(counted, vec![1, 2, 4, 8, 16, 30, 60, 90]);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct AgentConfig {
     /// Heartbeat interval (default 2 s: five beats within the controller's default 10 s
     /// timeout; at 10,000 nodes every beat is 5,000 messages a second).
     pub heartbeat: Duration,
+    /// The cap on the whole fleet's heartbeats, in beats per second: in a fleet larger
+    /// than `fleet_beats_per_s` x `heartbeat`, the agent beats less often than
+    /// `heartbeat` (`drover_core::liveness`). 0: always every `heartbeat`.
+    pub fleet_beats_per_s: u32,
     /// Which actions and paths this node allows.
     pub policy: Policy,
     /// Bytes kept per output stream of a step (default 256 KiB).
@@ -86,6 +90,7 @@ impl AgentConfig {
             names: Names::default(),
             data_dir: data_dir.into(),
             heartbeat: DEFAULT_HEARTBEAT,
+            fleet_beats_per_s: drover_core::liveness::DEFAULT_FLEET_BEATS_PER_S,
             policy: Policy::default(),
             output_cap: DEFAULT_OUTPUT_CAP,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
@@ -255,6 +260,7 @@ pub struct JournalFile {
 /// data_dir: /var/lib/drover/agent
 /// prefix: drover
 /// heartbeat: 1s
+/// fleet_beats_per_s: 500     # the whole fleet's heartbeats at most (0: no cap)
 /// drain_timeout: 5m30s
 /// output_cap: 262144         # bytes per stream
 /// replicas: 1                # of streams/buckets the agent creates if missing
@@ -272,6 +278,7 @@ pub struct AgentFile {
     pub prefix: Option<String>,
     #[serde(default, deserialize_with = "human_duration")]
     pub heartbeat: Option<Dur>,
+    pub fleet_beats_per_s: Option<u32>,
     #[serde(default, deserialize_with = "human_duration")]
     pub drain_timeout: Option<Dur>,
     pub output_cap: Option<usize>,
@@ -325,6 +332,9 @@ impl AgentFile {
         if let Some(h) = self.heartbeat {
             cfg.heartbeat = h.as_std();
         }
+        if let Some(r) = self.fleet_beats_per_s {
+            cfg.fleet_beats_per_s = r;
+        }
         if let Some(d) = self.drain_timeout {
             cfg.drain_timeout = d.as_std();
         }
@@ -375,7 +385,7 @@ mod tests {
     fn parses_a_full_file() {
         let f = AgentFile::parse(
             "node_id: web-01\nlabels: {role: web}\ngroups: [web]\ndata_dir: /tmp/x\nheartbeat: 2s\n\
-             policy: {allow: ['*', shell], paths: [/etc/app]}\noutput_cap: 1000\nprefix: acme\n\
+             fleet_beats_per_s: 100\npolicy: {allow: ['*', shell], paths: [/etc/app]}\noutput_cap: 1000\nprefix: acme\n\
              journal: {max_age: 1d, max_commands: 10}\n",
         )
         .unwrap();
@@ -383,6 +393,7 @@ mod tests {
         assert_eq!(c.node_id, "web-01");
         assert_eq!(c.labels["role"], "web");
         assert_eq!(c.heartbeat, Duration::from_secs(2));
+        assert_eq!(c.fleet_beats_per_s, 100);
         assert_eq!(c.policy.allow, vec!["*".to_string(), "shell".to_string()]);
         assert_eq!(c.policy.deny, Vec::<String>::new());
         assert_eq!(c.names.command("web-01"), "acme.cmd.web-01");
@@ -399,6 +410,8 @@ mod tests {
         assert!(e.contains("heartbeat") && e.contains("no unit"), "{e}");
         let e = AgentFile::parse("heartbeat: 5x\n").unwrap_err();
         assert!(e.contains("heartbeat") && e.contains("not a duration"), "{e}");
+        let e = AgentFile::parse("fleet_beats_per_s: -1\n").unwrap_err();
+        assert!(e.contains("fleet_beats_per_s"), "{e}");
         let e = AgentFile::parse("node_id: a\n labels: [\n").unwrap_err();
         assert!(e.contains("YAML"), "{e}");
         let e = AgentFile::parse("node_id: a.b\n").unwrap().into_config().unwrap_err().to_string();

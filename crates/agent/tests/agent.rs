@@ -45,6 +45,7 @@ async fn registers_and_heartbeats() {
         let beat = tokio::time::timeout(Duration::from_secs(2), beats.next()).await.expect("a published beat");
         let beat: drover_core::wire::Heartbeat = serde_json::from_slice(&beat.unwrap().payload).unwrap();
         assert_eq!(beat.status, AgentStatus::Online);
+        assert_eq!(beat.interval_ms, 200, "a small fleet beats as configured");
         let first = env.heartbeat("web-1").await.expect("heartbeat");
         assert_eq!(first.status, AgentStatus::Online);
         let deadline = Instant::now() + Duration::from_secs(8);
@@ -59,6 +60,45 @@ async fn registers_and_heartbeats() {
         assert_eq!(env.request("web-1", &Request::Ping).await.status, ReplyStatus::Pong);
         agent.shutdown().await;
         assert_eq!(env.heartbeat("web-1").await.unwrap().status, AgentStatus::Stopped);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_beats_less_often_as_its_fleet_grows_and_says_so() {
+    tokio::time::timeout(LIMIT, async {
+        let env = Env::new().await;
+        let mut cfg = env.config("web-1");
+        // A cap of 10 beats a second for the whole fleet, 200 ms beats: up to 2 nodes
+        // (the registration and its action catalog count as 2) beat every 200 ms.
+        cfg.fleet_beats_per_s = 10;
+        let agent = env.start(cfg).await;
+        let mut beats = env.client.subscribe(env.names.heartbeat("web-1")).await.unwrap();
+        let mut next = async || -> drover_core::wire::Heartbeat {
+            let m = tokio::time::timeout(Duration::from_secs(5), beats.next()).await.expect("a beat").unwrap();
+            serde_json::from_slice(&m.payload).unwrap()
+        };
+        assert_eq!(next().await.interval_ms, 200);
+        // The fleet grows to 10 entries: 10 x 1000 / 10 = every second, followed within
+        // 30 beats (6 s).
+        let kv = env.js.get_key_value(env.names.nodes_bucket()).await.unwrap();
+        for i in 0..8 {
+            kv.put(format!("other-{i}"), "{}".into()).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut beat = next().await;
+        while beat.interval_ms == 200 {
+            assert!(Instant::now() < deadline, "the interval did not follow the fleet");
+            beat = next().await;
+        }
+        assert_eq!(beat.interval_ms, 1000);
+        // The beats that follow come about a second apart.
+        let t = Instant::now();
+        let after = next().await;
+        assert_eq!(after.interval_ms, 1000);
+        assert!(t.elapsed() >= Duration::from_millis(700), "{:?}", t.elapsed());
+        agent.shutdown().await;
     })
     .await
     .expect("test timed out");

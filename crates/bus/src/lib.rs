@@ -181,6 +181,14 @@ async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store
     }
 }
 
+/// How many entries a KV bucket holds now, asked of the server (`kv::Store::status`
+/// only returns what the server said when the store's handle was made).
+pub async fn kv_entries(js: &jetstream::Context, bucket: &str) -> Result<u64, BusError> {
+    let stream =
+        js.get_stream(format!("KV_{bucket}")).await.map_err(|e| BusError::js(format!("bucket {bucket}"), e))?;
+    Ok(stream.cached_info().state.messages)
+}
+
 /// Publish to a stream with a de-duplication id and wait for the stream's ack.
 pub async fn publish_once(
     js: &jetstream::Context,

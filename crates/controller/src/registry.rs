@@ -15,6 +15,8 @@ struct Seen {
     status: AgentStatus,
     /// The beat's own stamp (agent clock).
     agent_at_ms: u64,
+    /// The interval the beat said its agent beats at (0: not said).
+    interval_ms: u64,
 }
 
 /// A node's registration as kept in memory: its actions (with their JSON Schemas, the bulk
@@ -89,7 +91,10 @@ impl Registry {
     /// bucket holds every few beats only, so a stored one can be a few seconds old.
     pub fn judging(&self, now_ms: u64) -> bool {
         let r = self.read();
-        let beat = r.records.values().map(|n| n.rec.heartbeat_ms).max().unwrap_or(1000).min(self.heartbeat_timeout_ms);
+        let registered = r.records.values().map(|n| n.rec.heartbeat_ms);
+        // Agents of a large fleet beat less often than registered, and say so in each beat.
+        let beating = r.seen.values().map(|s| s.interval_ms);
+        let beat = registered.chain(beating).max().unwrap_or(1000).min(self.heartbeat_timeout_ms);
         r.records_loaded && r.loaded_at_ms.is_some_and(|t| now_ms.saturating_sub(t) >= 2 * beat)
     }
 
@@ -186,7 +191,14 @@ impl Registry {
         if from_bucket && w.seen.get(&hb.node).is_some_and(|s| s.agent_at_ms > hb.at_ms) {
             return;
         }
-        w.seen.insert(hb.node.clone(), Seen { at_ms, status: hb.status, agent_at_ms: hb.at_ms });
+        let seen = Seen { at_ms, status: hb.status, agent_at_ms: hb.at_ms, interval_ms: hb.interval_ms };
+        w.seen.insert(hb.node.clone(), seen);
+    }
+
+    /// How long a node may stay silent before it is lost: the timeout, or three of its
+    /// beats when its agent beats less often in a large fleet (`drover_core::liveness`).
+    fn silence_limit_ms(&self, seen: &Seen) -> u64 {
+        drover_core::liveness::silence_limit_ms(self.heartbeat_timeout_ms, seen.interval_ms)
     }
 
     /// Online: a recent heartbeat saying `online`.
@@ -197,7 +209,7 @@ impl Registry {
     /// A recent heartbeat saying `online`.
     fn online(&self, seen: Option<&Seen>, now_ms: u64) -> bool {
         seen.is_some_and(|s| {
-            s.status == AgentStatus::Online && now_ms.saturating_sub(s.at_ms) <= self.heartbeat_timeout_ms
+            s.status == AgentStatus::Online && now_ms.saturating_sub(s.at_ms) <= self.silence_limit_ms(s)
         })
     }
 
@@ -207,7 +219,7 @@ impl Registry {
         match r.seen.get(id) {
             None => Some("no heartbeat seen".into()),
             Some(s) if s.status == AgentStatus::Stopped => Some("the agent stopped".into()),
-            Some(s) if now_ms.saturating_sub(s.at_ms) > self.heartbeat_timeout_ms => {
+            Some(s) if now_ms.saturating_sub(s.at_ms) > self.silence_limit_ms(s) => {
                 Some(format!("no heartbeat for {}s", now_ms.saturating_sub(s.at_ms) / 1000))
             }
             _ => None,
@@ -302,6 +314,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
     let nodes = {
         let registry = registry.clone();
         let store = topo.nodes.clone();
+        let (js, bucket) = (topo.js.clone(), topo.names.nodes_bucket());
         async move {
             let mut w = match store.watch_with_history(">").await {
                 Ok(w) => w,
@@ -310,7 +323,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
                     return;
                 }
             };
-            if bucket_is_empty(&store).await {
+            if bucket_is_empty(&js, &bucket).await {
                 registry.write().records_loaded = true;
             }
             while let Some(entry) = w.next().await {
@@ -338,6 +351,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
     let beats = {
         let registry = registry.clone();
         let store = topo.heartbeats.clone();
+        let (js, bucket) = (topo.js.clone(), topo.names.heartbeats_bucket());
         async move {
             let mut w = match store.watch_with_history(">").await {
                 Ok(w) => w,
@@ -348,7 +362,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
             };
             // The stored beats are read once, at the start; after that every beat comes on
             // the subject (following the bucket as well would take each stored beat twice).
-            if bucket_is_empty(&store).await {
+            if bucket_is_empty(&js, &bucket).await {
                 registry.mark_beats_loaded();
                 return;
             }
@@ -389,8 +403,8 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
     tokio::join!(nodes, beats, live);
 }
 
-async fn bucket_is_empty(store: &async_nats::jetstream::kv::Store) -> bool {
-    store.status().await.is_ok_and(|s| s.values() == 0)
+async fn bucket_is_empty(js: &async_nats::jetstream::Context, bucket: &str) -> bool {
+    drover_bus::kv_entries(js, bucket).await.is_ok_and(|n| n == 0)
 }
 
 #[cfg(test)]
@@ -458,5 +472,32 @@ mod tests {
         reg.put_record(record("other", &["sleep"]));
         // Left: ["echo", "shell"], ["sleep"], and the stored catalog, which stays.
         assert_eq!(reg.read().catalogs.len(), 3);
+    }
+
+    #[test]
+    fn a_node_is_judged_by_the_interval_its_beats_say() {
+        let reg = Registry::new(Duration::from_secs(10));
+        reg.put_record(record("small", &["echo"]));
+        reg.put_record(record("large", &["echo"]));
+        let beat = |node: &str, interval_ms: u64| Heartbeat {
+            node: node.into(),
+            status: AgentStatus::Online,
+            at_ms: 0,
+            running: vec![],
+            interval_ms,
+        };
+        // One beating as configured (or not saying), one every 20 s in a large fleet.
+        reg.heartbeat(&beat("small", 0), 1_000, false);
+        reg.heartbeat(&beat("large", 20_000), 1_000, false);
+        for at in [11_000, 61_000] {
+            assert!(reg.is_online("large", at), "{at}");
+            assert_eq!(reg.offline_reason("large", at), None);
+        }
+        assert!(reg.is_online("small", 11_000));
+        assert!(!reg.is_online("small", 11_001));
+        assert_eq!(reg.offline_reason("small", 12_000).as_deref(), Some("no heartbeat for 11s"));
+        // Three beats of 20 s without one: lost.
+        assert!(!reg.is_online("large", 61_001));
+        assert_eq!(reg.offline_reason("large", 62_000).as_deref(), Some("no heartbeat for 61s"));
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod duration;
 pub mod engine;
+pub mod liveness;
 pub mod parse;
 pub mod plan;
 pub mod resolve;

@@ -394,7 +394,7 @@ pub fn is_catalog_key(key: &str) -> bool {
 /// plus one beat.
 pub const HEARTBEAT_STORE_EVERY_MS: u64 = 4_000;
 
-/// A heartbeat: published every `heartbeat_ms` (see [`HEARTBEAT_STORE_EVERY_MS`]).
+/// A heartbeat: published every `interval_ms` (see [`HEARTBEAT_STORE_EVERY_MS`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub node: String,
@@ -404,6 +404,14 @@ pub struct Heartbeat {
     /// Keys of commands running now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub running: Vec<String>,
+    /// The interval the agent beats at now (ms): its configured one, or longer in a large
+    /// fleet (see [`crate::liveness`]). 0 from an agent that does not say it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -56,6 +56,10 @@ pub struct AgentArgs {
     /// Heartbeat interval [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
     pub heartbeat: Option<drover_core::Dur>,
+    /// Cap on the whole fleet's heartbeats per second: in a larger fleet every agent
+    /// beats less often than --heartbeat (0: no cap) [default: 500].
+    #[arg(long, value_name = "N")]
+    pub fleet_beats_per_s: Option<u32>,
     /// Longest drain on SIGTERM before running steps are cancelled [default: 5m30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
     pub drain_timeout: Option<drover_core::Dur>,
@@ -115,6 +119,9 @@ impl AgentArgs {
         }
         if let Some(h) = self.heartbeat {
             file.heartbeat = Some(h);
+        }
+        if let Some(r) = self.fleet_beats_per_s {
+            file.fleet_beats_per_s = Some(r);
         }
         if let Some(d) = self.drain_timeout {
             file.drain_timeout = Some(d);
@@ -235,6 +242,8 @@ mod tests {
             "acme",
             "--heartbeat",
             "2s",
+            "--fleet-beats-per-s",
+            "50",
         ])
         .unwrap();
         let c = a.config().unwrap();
@@ -245,6 +254,7 @@ mod tests {
         assert!(c.policy.check_action("shell").is_ok());
         assert_eq!(c.names.command("web-1"), "acme.cmd.web-1");
         assert_eq!(c.heartbeat, Duration::from_secs(2));
+        assert_eq!(c.fleet_beats_per_s, 50);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
     }
 
