@@ -170,6 +170,38 @@ async fn a_node_that_dies_mid_job_is_unreachable_and_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_large_fleet_beat_less_often_and_are_judged_by_their_interval() {
+    // A fleet cap of 1 beat a second makes these two agents "a large fleet": they beat
+    // every 2-3 s (fleet entries x 1 s), longer than the controller's 2 s timeout.
+    let mut fleet = Fleet::start(Options { agents: 0, ..Options::default() }).await;
+    for id in ["n1", "n2"] {
+        let mut cfg = fleet.agent_config(id, BTreeMap::new(), false);
+        cfg.fleet_beats_per_s = 1;
+        fleet.start_agent_with(cfg).await;
+    }
+    fleet.wait_nodes(2).await;
+    let plan = "name: slow-beats\ntargets: {all: true}\nrollout: {max_failures: 1}\nsteps:\n  - {name: s, action: sleep, with: {duration: 5s}}\n";
+    let id = fleet.submit(plan).await;
+    // Past the agents' 500 ms `result_in_reply`: n2 has acknowledged its step, so only
+    // its silence can tell that it is gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = std::time::Instant::now();
+    fleet.agents.remove("n2").unwrap().kill();
+    let v = fleet.wait_final(&id, LIMIT).await;
+    // n1 stayed online through silences longer than the timeout: its beats said why.
+    assert_eq!(v.report.nodes["n1"].outcome, NodeOutcome::Succeeded, "{:?}", v.report);
+    // n2 was lost once silent for three of its beats (6-9 s), not after the 2 s timeout.
+    assert_eq!(v.report.nodes["n2"].outcome, NodeOutcome::Unreachable, "{:?}", v.report);
+    assert!(
+        killed.elapsed() >= Duration::from_secs(5),
+        "lost after {:?}: {:?}",
+        killed.elapsed(),
+        v.report.nodes["n2"]
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plans_are_rejected_with_every_field_named() {
     let fleet = Fleet::start(Options { agents: 1, ..Options::default() }).await;
     let plan = "name: bad\ntargets: {selector: 'role in (web'}\nrollout: {strategy: rolling, batch: \"120%\"}\nsteps:\n  - {name: a, action: file.write, with: {pth: /tmp/x}, retires: 2}\n  - {name: b, action: no.such}\n";
