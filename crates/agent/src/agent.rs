@@ -507,16 +507,10 @@ fn node_record(cfg: &AgentConfig, registry: &Registry) -> NodeRecord {
     }
 }
 
-/// Beats between two counts of the fleet: an agent follows a fleet that grows (or
-/// shrinks) within this many beats.
+/// Beats between two counts of the fleet (one JetStream API request each): an agent
+/// follows a fleet that grows (or shrinks) within this many beats, and a fleet of any
+/// size counts itself about once per 30 of its beats.
 const BEATS_PER_FLEET_COUNT: u64 = 30;
-
-/// Count the fleet after this beat? Every [`BEATS_PER_FLEET_COUNT`] beats, and sooner
-/// after the start (beats 1, 2, 4, 8, 16): when a whole fleet starts at once, the
-/// first agents found only a few registered.
-fn counts_fleet_after(beat: u64) -> bool {
-    (beat < BEATS_PER_FLEET_COUNT && beat.is_power_of_two()) || beat.is_multiple_of(BEATS_PER_FLEET_COUNT)
-}
 
 fn configured_beat_ms(cfg: &AgentConfig) -> u64 {
     u64::try_from(cfg.heartbeat.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -571,7 +565,7 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
         }
         last = status;
         beats += 1;
-        if counts_fleet_after(beats) {
+        if beats.is_multiple_of(BEATS_PER_FLEET_COUNT) {
             let next = fleet_beat_ms(&s.topo, &s.cfg, interval).await;
             if next != interval {
                 tracing::info!(from_ms = interval, to_ms = next, "the fleet's size changes the heartbeat interval");
@@ -1087,12 +1081,6 @@ mod tests {
         // The first guess is the time the journal took to open (and compact).
         assert!(!JournalSpeed::starting_at(Duration::from_millis(3)).is_fast());
         assert!(JournalSpeed::starting_at(Duration::from_micros(80)).is_fast());
-    }
-
-    #[test]
-    fn the_fleet_is_counted_soon_after_the_start_then_every_30_beats() {
-        let counted: Vec<u64> = (1..=95).filter(|&b| counts_fleet_after(b)).collect();
-        assert_eq!(counted, vec![1, 2, 4, 8, 16, 30, 60, 90]);
     }
 
     #[test]

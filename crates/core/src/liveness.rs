@@ -17,13 +17,15 @@ pub const DEFAULT_FLEET_BEATS_PER_S: u32 = 500;
 pub const BEATS_BEFORE_LOST: u64 = 3;
 
 /// The interval (ms) an agent configured to beat every `configured_ms` beats at in a
-/// fleet of `fleet` nodes, so that the fleet sends at most `fleet_beats_per_s` beats a
-/// second (0: no cap, always `configured_ms`).
+/// fleet of `fleet` nodes, so that the fleet sends about `fleet_beats_per_s` beats a
+/// second at most (0: no cap, always `configured_ms`). The fleet's share is rounded to
+/// 100 ms: a fleet just past the cap (1,001 entries at 500 a second) keeps its beat.
 pub fn beat_interval_ms(configured_ms: u64, fleet: u64, fleet_beats_per_s: u32) -> u64 {
     if fleet_beats_per_s == 0 {
         return configured_ms;
     }
-    configured_ms.max(fleet.saturating_mul(1000) / u64::from(fleet_beats_per_s))
+    let share = fleet.saturating_mul(1000) / u64::from(fleet_beats_per_s);
+    configured_ms.max(share.saturating_add(50) / 100 * 100)
 }
 
 /// How long (ms) a node that beats every `interval_ms` may stay silent before it is
@@ -42,13 +44,17 @@ mod tests {
         // Small fleets beat as configured.
         assert_eq!(beat_interval_ms(2_000, 10, DEFAULT_FLEET_BEATS_PER_S), 2_000);
         assert_eq!(beat_interval_ms(2_000, 1_000, DEFAULT_FLEET_BEATS_PER_S), 2_000);
+        // The nodes bucket also holds the fleet's action catalogs: 1,001 entries.
+        assert_eq!(beat_interval_ms(2_000, 1_001, DEFAULT_FLEET_BEATS_PER_S), 2_000);
+        assert_eq!(beat_interval_ms(2_000, 1_030, DEFAULT_FLEET_BEATS_PER_S), 2_100);
         // Past 1,000 nodes the fleet's rate stays at 500 beats a second.
         assert_eq!(beat_interval_ms(2_000, 2_000, DEFAULT_FLEET_BEATS_PER_S), 4_000);
         assert_eq!(beat_interval_ms(2_000, 10_000, DEFAULT_FLEET_BEATS_PER_S), 20_000);
+        assert_eq!(beat_interval_ms(2_000, 10_003, DEFAULT_FLEET_BEATS_PER_S), 20_000);
         // A longer configured interval is kept; 0 switches the cap off.
         assert_eq!(beat_interval_ms(30_000, 10_000, DEFAULT_FLEET_BEATS_PER_S), 30_000);
         assert_eq!(beat_interval_ms(2_000, 10_000, 0), 2_000);
-        assert_eq!(beat_interval_ms(2_000, u64::MAX, 1), u64::MAX);
+        assert_eq!(beat_interval_ms(2_000, u64::MAX, 1), u64::MAX / 100 * 100);
     }
 
     #[test]
