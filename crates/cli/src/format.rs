@@ -277,7 +277,17 @@ pub fn node_text(info: &crate::client::NodeInfo) -> String {
         let _ = writeln!(s, "groups:    {}", n.groups.join(", "));
     }
     if let Some(ms) = n.last_seen_ago_ms {
-        let _ = writeln!(s, "last seen: {} ago", human(ms));
+        let _ = write!(s, "last seen: {} ago", human(ms));
+        match (n.heartbeat_ms, n.lost_after_ms) {
+            (Some(beat), Some(lost)) => {
+                let _ = write!(s, " (beats every {}; lost after {} of silence)", human(beat), human(lost));
+            }
+            (None, Some(lost)) => {
+                let _ = write!(s, " (lost after {} of silence)", human(lost));
+            }
+            _ => {}
+        }
+        s.push('\n');
     }
     let _ = writeln!(s, "busy with: {}", n.busy_with.as_deref().unwrap_or("-"));
     let f = &n.facts;
@@ -413,6 +423,26 @@ mod tests {
 
     fn ev(seq: u64, at_ms: u64, kind: ProgressKind) -> Progress {
         Progress { seq, at_ms, kind, node: None, step: None, attempt: None, batch: None, detail: None }
+    }
+
+    #[test]
+    fn a_node_says_how_often_it_beats_and_when_it_would_be_lost() {
+        let node = NodeView {
+            id: "web-1".into(),
+            labels: Default::default(),
+            groups: vec![],
+            facts: Default::default(),
+            online: true,
+            status: drover_core::wire::AgentStatus::Online,
+            last_seen_ago_ms: Some(3_000),
+            heartbeat_ms: Some(20_000),
+            lost_after_ms: Some(60_000),
+            busy_with: None,
+            actions: vec![],
+        };
+        let info = crate::client::NodeInfo { node, record: None };
+        let text = node_text(&info);
+        assert!(text.contains("last seen: 3s ago (beats every 20s; lost after 1m of silence)\n"), "{text}");
     }
 
     #[test]

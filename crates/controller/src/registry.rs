@@ -291,6 +291,8 @@ impl Registry {
             online: self.online(seen, now_ms),
             status: seen.map(|s| s.status).unwrap_or(AgentStatus::Stopped),
             last_seen_ago_ms: seen.map(|s| now_ms.saturating_sub(s.at_ms)),
+            heartbeat_ms: seen.map(|s| s.interval_ms).filter(|&ms| ms > 0),
+            lost_after_ms: seen.map(|s| self.silence_limit_ms(s)),
             busy_with,
             actions: stored.actions.iter().map(|a| a.name.clone()).collect(),
         })

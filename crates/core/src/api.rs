@@ -104,6 +104,14 @@ pub struct NodeView {
     /// Milliseconds since the last heartbeat the controller saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ago_ms: Option<u64>,
+    /// The interval its agent beats at, as its last heartbeat said (longer than
+    /// configured in a fleet past the heartbeat cap; see `crate::liveness`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+    /// How long a silence the controller allows it before judging it lost: its
+    /// heartbeat timeout, or three of its beats when they are further apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_ms: Option<u64>,
     /// The job whose steps it runs now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy_with: Option<String>,

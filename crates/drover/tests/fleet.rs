@@ -180,6 +180,10 @@ async fn agents_of_a_large_fleet_beat_less_often_and_are_judged_by_their_interva
         fleet.start_agent_with(cfg).await;
     }
     fleet.wait_nodes(2).await;
+    // n2 counted 3 entries (n1, its catalog, n2): 3 s beats, lost after 9 s of silence.
+    let node = fleet.get("/v1/nodes/n2").await;
+    assert_eq!(node["node"]["heartbeat_ms"], 3000, "{node}");
+    assert_eq!(node["node"]["lost_after_ms"], 9000, "{node}");
     let plan = "name: slow-beats\ntargets: {all: true}\nrollout: {max_failures: 1}\nsteps:\n  - {name: s, action: sleep, with: {duration: 5s}}\n";
     let id = fleet.submit(plan).await;
     // Past the agents' 500 ms `result_in_reply`: n2 has acknowledged its step, so only
@@ -311,6 +315,9 @@ async fn the_api_describes_itself_and_reports_health() {
     );
     let node = fleet.get("/v1/nodes/n1").await;
     assert_eq!(node["node"]["online"], true, "{node}");
+    // Beats every 200 ms; lost after the controller's 2 s timeout (longer than 3 beats).
+    assert_eq!(node["node"]["heartbeat_ms"], 200, "{node}");
+    assert_eq!(node["node"]["lost_after_ms"], 2000, "{node}");
     let (code, v) = fleet.post("/v1/jobs?dry_run=true", "name: x\ntargets: {all: true}\nrollout: {strategy: sequential}\nsteps: [{name: a, action: echo, with: {message: hi}}]\n", "application/yaml").await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["batches"], serde_json::json!([["n1"]]));

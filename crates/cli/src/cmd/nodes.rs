@@ -96,6 +96,8 @@ mod tests {
             online: true,
             status: AgentStatus::Online,
             last_seen_ago_ms: None,
+            heartbeat_ms: None,
+            lost_after_ms: None,
             busy_with: None,
             actions: vec![],
         }
