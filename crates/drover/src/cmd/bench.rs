@@ -25,6 +25,7 @@ use crate::exit::Exit;
 use drover_cli::client::{Client, PlanText};
 use drover_core::api::JobView;
 use drover_core::engine::{JobStatus, NodeOutcome, Progress, ProgressKind};
+use drover_core::liveness::DEFAULT_FLEET_BEATS_PER_S;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -229,8 +230,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         // starts, or else at its 30th beat, at most 60 s after the last one came online
         // (agent.md, "Heartbeats in a large fleet"). Where that makes a difference (beats a
         // quarter further apart or more), the idle fleet is measured after that.
-        let cap = drover_core::liveness::DEFAULT_FLEET_BEATS_PER_S;
-        if drover_core::liveness::beat_interval_ms(2_000, fleet_size as u64 + 1, cap) >= 2_500 {
+        let (beat, cap) = (drover_agent::config::DEFAULT_HEARTBEAT.as_millis() as u64, DEFAULT_FLEET_BEATS_PER_S);
+        if drover_core::liveness::beat_interval_ms(beat, fleet_size as u64 + 1, cap) >= beat * 5 / 4 {
             eprintln!("waiting 65 s, until every agent has counted the whole fleet...");
             tokio::time::sleep(Duration::from_secs(65)).await;
         }
