@@ -54,7 +54,7 @@ pub struct AgentConfig {
     /// Where the journal lives (created if missing; one agent per directory).
     pub data_dir: PathBuf,
     /// Heartbeat interval (default 2 s: five beats within the controller's default 10 s
-    /// timeout; at 10,000 nodes every beat is 5,000 messages a second).
+    /// timeout); longer in a fleet past `fleet_beats_per_s` (below).
     pub heartbeat: Duration,
     /// The cap on the whole fleet's heartbeats, in beats per second: in a fleet larger
     /// than `fleet_beats_per_s` x `heartbeat`, the agent beats less often than

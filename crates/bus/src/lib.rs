@@ -181,11 +181,15 @@ async fn ensure_kv(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store
     }
 }
 
+/// The stream that holds KV bucket `bucket` (JetStream's naming).
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
 /// How many entries a KV bucket holds now, asked of the server (`kv::Store::status`
 /// only returns what the server said when the store's handle was made).
 pub async fn kv_entries(js: &jetstream::Context, bucket: &str) -> Result<u64, BusError> {
-    let stream =
-        js.get_stream(format!("KV_{bucket}")).await.map_err(|e| BusError::js(format!("bucket {bucket}"), e))?;
+    let stream = js.get_stream(kv_stream(bucket)).await.map_err(|e| BusError::js(format!("bucket {bucket}"), e))?;
     Ok(stream.cached_info().state.messages)
 }
 

@@ -166,7 +166,7 @@ async fn listed_summaries(
 ) -> ApiResult<drover_core::api::JobList> {
     use drover_core::api::{JobList, JobSummary};
     let bucket = s.topo.names.jobs_bucket();
-    let all = drover_bus::read_all(&s.topo.js, &format!("KV_{bucket}"), &format!("$KV.{bucket}.>"))
+    let all = drover_bus::read_all(&s.topo.js, &drover_bus::kv_stream(&bucket), &format!("$KV.{bucket}.>"))
         .await
         .map_err(|e| ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading job summaries: {e}")))?;
     // One summary per job (the bucket keeps the last); deletions have no body.
