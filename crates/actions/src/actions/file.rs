@@ -5,6 +5,11 @@
 //! Both follow symlinks: they act on the file a symlink points to (and the
 //! policy checks that resolved path). Writes are atomic (temp file in the same
 //! directory, fsync, rename).
+//!
+//! The file work runs on tokio's blocking pool ([`off_async`]): an `fsync` on a slow or
+//! busy disk then stalls neither the agent's heartbeats nor its other commands. A step
+//! timed out or cancelled while the work runs changes nothing more: the work checks the
+//! step's cancel token just before it replaces or deletes the file.
 
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -15,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::b64;
-use crate::policy::resolve_path;
+use crate::policy::{Policy, resolve_path};
 use crate::schema::{FileMode, Typed};
 use crate::{ActionError, ExecContext, ExecResult, ParamError};
+use tokio_util::sync::CancellationToken;
 
 /// Previous contents larger than this are not kept, so such files are not written or deleted.
 pub const MAX_BACKUP: u64 = 16 * 1024 * 1024;
@@ -81,6 +87,28 @@ struct Prev {
     gid: u32,
 }
 
+/// Run blocking file work on tokio's blocking pool, handing it the step's cancel token.
+/// A file call cannot be interrupted, but the work checks the token ([`go_on`]) before
+/// it changes anything, so a step timed out or cancelled meanwhile leaves the file as it
+/// was, even when its result was given up waiting for (see `supervise`).
+async fn off_async<T: Send + 'static>(
+    cancel: &CancellationToken,
+    work: impl FnOnce(&CancellationToken) -> Result<T, ActionError> + Send + 'static,
+) -> Result<T, ActionError> {
+    let cancel = cancel.clone();
+    tokio::task::spawn_blocking(move || work(&cancel))
+        .await
+        .map_err(|e| ActionError::Failed(format!("the file operation's thread failed: {e}")))?
+}
+
+/// Refuse to change `path` once the step was timed out or cancelled.
+fn go_on(cancel: &CancellationToken, path: &Path) -> Result<(), ActionError> {
+    if cancel.is_cancelled() {
+        return Err(ActionError::Failed(format!("stopped before `{}` was changed", path.display())));
+    }
+    Ok(())
+}
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ActionError {
     ActionError::io(format!("{what} `{}`", path.display()), e)
 }
@@ -122,7 +150,13 @@ fn to_value(m: &FileMeta) -> Value {
 }
 
 /// Write `bytes` to `path` atomically with `mode` (and owner when given).
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), ActionError> {
+fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    cancel: &CancellationToken,
+) -> Result<(), ActionError> {
     let dir =
         path.parent().ok_or_else(|| ActionError::Failed(format!("`{}` has no parent directory", path.display())))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -143,6 +177,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>)
         // After chown (which may clear setuid bits), set the exact mode.
         f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_err("cannot chmod", &tmp, e))?;
         f.sync_all().map_err(|e| io_err("cannot sync", &tmp, e))?;
+        go_on(cancel, path)?;
         std::fs::rename(&tmp, path).map_err(|e| io_err("cannot rename into", path, e))
     })();
     if result.is_err() {
@@ -166,23 +201,30 @@ fn resolve(path: &Path) -> Result<PathBuf, ActionError> {
 }
 
 /// Restore the state recorded in `meta` (used by both rollbacks).
-fn restore(meta: Value, action: &str, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
+fn restore(
+    meta: Value,
+    action: &str,
+    policy: &Policy,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<ExecResult, ActionError> {
     let bad = |reason: String| ActionError::InvalidMetadata { action: action.to_string(), reason };
     let m: FileMeta = serde_json::from_value(meta).map_err(|e| bad(e.to_string()))?;
     if !m.path.is_absolute() {
         return Err(bad("`path` is not absolute".into()));
     }
-    ctx.policy.check_path(&m.path)?;
+    policy.check_path(&m.path)?;
     let current = read_prev(&m.path)?;
     if !m.existed {
         if current.is_none() {
             return Ok(ExecResult::succeeded(false)
                 .with_stdout(format!("`{}` did not exist and does not exist\n", m.path.display())));
         }
-        if ctx.dry_run {
+        if dry_run {
             return Ok(ExecResult::succeeded(true)
                 .with_stdout(format!("would delete `{}` (it did not exist)\n", m.path.display())));
         }
+        go_on(cancel, &m.path)?;
         std::fs::remove_file(&m.path).map_err(|e| io_err("cannot delete", &m.path, e))?;
         return Ok(
             ExecResult::succeeded(true).with_stdout(format!("deleted `{}` (it did not exist)\n", m.path.display()))
@@ -199,14 +241,14 @@ fn restore(meta: Value, action: &str, ctx: &ExecContext) -> Result<ExecResult, A
     if same {
         return Ok(ExecResult::succeeded(false).with_stdout(format!("`{}` is already as it was\n", m.path.display())));
     }
-    if ctx.dry_run {
+    if dry_run {
         return Ok(ExecResult::succeeded(true).with_stdout(format!(
             "would restore `{}` ({} bytes, mode {mode_s})\n",
             m.path.display(),
             bytes.len()
         )));
     }
-    write_atomic(&m.path, &bytes, mode, owner)?;
+    write_atomic(&m.path, &bytes, mode, owner, cancel)?;
     Ok(ExecResult::succeeded(true).with_stdout(format!(
         "restored `{}` ({} bytes, mode {mode_s})\n",
         m.path.display(),
@@ -256,37 +298,43 @@ impl Typed for Write {
     }
 
     async fn execute(&self, p: WriteParams, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        let bytes = match p.encoding {
-            Encoding::Utf8 => p.content.into_bytes(),
-            Encoding::Base64 => b64::decode(&p.content).map_err(ActionError::Failed)?,
-        };
-        let path = resolve(&p.path)?;
-        let prev = read_prev(&path)?;
-        let mode = p.mode.map(|m| m.0).or(prev.as_ref().map(|x| x.mode)).unwrap_or(DEFAULT_MODE);
-        let changed = prev.as_ref().is_none_or(|x| x.bytes != bytes || x.mode != mode);
-        let meta = meta_of(&path, &prev);
-        let verb = match (changed, ctx.dry_run) {
-            (false, _) => "unchanged",
-            (true, true) => "would write",
-            (true, false) => "wrote",
-        };
-        if changed && !ctx.dry_run {
-            write_atomic(&path, &bytes, mode, prev.as_ref().map(|x| (x.uid, x.gid)))?;
-        }
-        Ok(ExecResult::succeeded(changed)
-            .with_stdout(format!(
-                "{verb} `{}` ({} bytes, mode {:04o}{})\n",
-                path.display(),
-                bytes.len(),
-                mode,
-                if prev.is_some() { "" } else { ", new file" }
-            ))
-            .with_metadata(to_value(&meta)))
+        let dry_run = ctx.dry_run;
+        off_async(&ctx.cancel, move |c| write_file(p, dry_run, c)).await
     }
 
     async fn rollback(&self, _p: WriteParams, metadata: Value, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        restore(metadata, Self::NAME, ctx)
+        let (policy, dry_run) = (ctx.policy.clone(), ctx.dry_run);
+        off_async(&ctx.cancel, move |c| restore(metadata, Self::NAME, &policy, dry_run, c)).await
     }
+}
+
+fn write_file(p: WriteParams, dry_run: bool, cancel: &CancellationToken) -> Result<ExecResult, ActionError> {
+    let bytes = match p.encoding {
+        Encoding::Utf8 => p.content.into_bytes(),
+        Encoding::Base64 => b64::decode(&p.content).map_err(ActionError::Failed)?,
+    };
+    let path = resolve(&p.path)?;
+    let prev = read_prev(&path)?;
+    let mode = p.mode.map(|m| m.0).or(prev.as_ref().map(|x| x.mode)).unwrap_or(DEFAULT_MODE);
+    let changed = prev.as_ref().is_none_or(|x| x.bytes != bytes || x.mode != mode);
+    let meta = meta_of(&path, &prev);
+    let verb = match (changed, dry_run) {
+        (false, _) => "unchanged",
+        (true, true) => "would write",
+        (true, false) => "wrote",
+    };
+    if changed && !dry_run {
+        write_atomic(&path, &bytes, mode, prev.as_ref().map(|x| (x.uid, x.gid)), cancel)?;
+    }
+    Ok(ExecResult::succeeded(changed)
+        .with_stdout(format!(
+            "{verb} `{}` ({} bytes, mode {:04o}{})\n",
+            path.display(),
+            bytes.len(),
+            mode,
+            if prev.is_some() { "" } else { ", new file" }
+        ))
+        .with_metadata(to_value(&meta)))
 }
 
 // ---------------------------------------------------------------- file.delete
@@ -319,26 +367,69 @@ impl Typed for Delete {
     }
 
     async fn execute(&self, p: DeleteParams, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        let path = resolve(&p.path)?;
-        let prev = read_prev(&path)?;
-        let meta = to_value(&meta_of(&path, &prev));
-        let Some(prev) = prev else {
-            return Ok(ExecResult::succeeded(false)
-                .with_stdout(format!("`{}` does not exist\n", path.display()))
-                .with_metadata(meta));
-        };
-        if ctx.dry_run {
-            return Ok(ExecResult::succeeded(true)
-                .with_stdout(format!("would delete `{}` ({} bytes)\n", path.display(), prev.bytes.len()))
-                .with_metadata(meta));
-        }
-        std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
-        Ok(ExecResult::succeeded(true)
-            .with_stdout(format!("deleted `{}` ({} bytes)\n", path.display(), prev.bytes.len()))
-            .with_metadata(meta))
+        let dry_run = ctx.dry_run;
+        off_async(&ctx.cancel, move |c| delete_file(p, dry_run, c)).await
     }
 
     async fn rollback(&self, _p: DeleteParams, metadata: Value, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        restore(metadata, Self::NAME, ctx)
+        let (policy, dry_run) = (ctx.policy.clone(), ctx.dry_run);
+        off_async(&ctx.cancel, move |c| restore(metadata, Self::NAME, &policy, dry_run, c)).await
+    }
+}
+
+fn delete_file(p: DeleteParams, dry_run: bool, cancel: &CancellationToken) -> Result<ExecResult, ActionError> {
+    let path = resolve(&p.path)?;
+    let prev = read_prev(&path)?;
+    let meta = to_value(&meta_of(&path, &prev));
+    let Some(prev) = prev else {
+        return Ok(ExecResult::succeeded(false)
+            .with_stdout(format!("`{}` does not exist\n", path.display()))
+            .with_metadata(meta));
+    };
+    if dry_run {
+        return Ok(ExecResult::succeeded(true)
+            .with_stdout(format!("would delete `{}` ({} bytes)\n", path.display(), prev.bytes.len()))
+            .with_metadata(meta));
+    }
+    go_on(cancel, &path)?;
+    std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
+    Ok(ExecResult::succeeded(true)
+        .with_stdout(format!("deleted `{}` ({} bytes)\n", path.display(), prev.bytes.len()))
+        .with_metadata(meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(path: &Path) -> WriteParams {
+        WriteParams { path: path.to_path_buf(), content: "new".into(), encoding: Encoding::Utf8, mode: None }
+    }
+
+    #[test]
+    fn a_step_stopped_while_its_file_work_runs_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, absent) = (dir.path().join("kept"), dir.path().join("absent"));
+        std::fs::write(&kept, "old").unwrap();
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+
+        let e = write_file(params(&kept), false, &stopped).unwrap_err().to_string();
+        assert!(e.contains("stopped before"), "{e}");
+        let e = write_file(params(&absent), false, &stopped).unwrap_err().to_string();
+        assert!(e.contains("stopped before"), "{e}");
+        let e = delete_file(DeleteParams { path: kept.clone() }, false, &stopped).unwrap_err().to_string();
+        assert!(e.contains("stopped before"), "{e}");
+        // Nothing changed, and no temporary file is left behind.
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "old");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("kept")]);
+
+        // A dry run changes nothing anyway, so it still reports what it would do.
+        assert!(write_file(params(&kept), true, &stopped).unwrap().changed);
+        // The same work with a live token does it.
+        let live = CancellationToken::new();
+        assert!(write_file(params(&kept), false, &live).unwrap().changed);
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "new");
     }
 }
