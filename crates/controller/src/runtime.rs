@@ -47,6 +47,18 @@ pub enum Submitted {
     Preview(PlanPreview),
 }
 
+/// What [`Runtime::submit`] admitted; answered as [`Submitted`] once the round is
+/// committed.
+enum Admitted {
+    /// A job, answered with its view as it is after the commit; `view` is its view at
+    /// admission when it was over at once (it may have left memory by then).
+    Job {
+        id: String,
+        view: Option<Box<JobView>>,
+    },
+    Preview(PlanPreview),
+}
+
 /// An answer to send once the round is committed.
 type Reply = Box<dyn FnOnce(&Runtime) + Send>;
 
@@ -188,11 +200,12 @@ pub enum JournalEntry {
     Takeover { epoch: u64, owner: String, at_ms: u64 },
 }
 
-/// [`JournalEntry::Input`] borrowing its event: what [`Runtime::apply`] writes (the
-/// same JSON, without a copy of the event).
+/// [`JournalEntry`] lines borrowing what they hold: what the runtime writes (the same
+/// JSON, without a copy of a 1,000-node spec or of an event).
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum InputLine<'a> {
+enum LineRef<'a> {
+    Spec { spec: &'a JobSpec, created_at_ms: u64, epoch: u64, engine: EngineConfig },
     Input { n: u64, event: &'a Event, now: Millis, epoch: u64 },
 }
 
@@ -342,6 +355,7 @@ impl Runtime {
     /// Run until the channel closes.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         while let Some(first) = rx.recv().await {
+            let taken = std::time::Instant::now();
             let mut round = Round::default();
             let mut replies: Vec<Reply> = Vec::new();
             self.take(first, &mut round, &mut replies);
@@ -353,6 +367,7 @@ impl Runtime {
                 }
             }
             let t0 = std::time::Instant::now();
+            let take_us = t0.duration_since(taken).as_micros() as u64;
             let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
             let outcome = self.commit(round).await;
             if outcome == Commit::Lost {
@@ -360,7 +375,14 @@ impl Runtime {
                 // leader's to act on. The callers are told the outcome is unknown.
                 return;
             }
-            tracing::debug!(journal = nj, commands = nc, acks = na, took_us = t0.elapsed().as_micros() as u64, "round");
+            tracing::debug!(
+                journal = nj,
+                commands = nc,
+                acks = na,
+                take_us,
+                took_us = t0.elapsed().as_micros() as u64,
+                "round"
+            );
             for r in replies {
                 r(&self);
             }
@@ -539,9 +561,12 @@ impl Runtime {
                 let r = self.submit(&text, format, dry_run, now, round);
                 // Reply after the commit so that a 201 means the job is journaled.
                 replies.push(Box::new(move |rt: &Runtime| {
-                    let r = r.map(|s| match s {
-                        Submitted::Job(v) => Submitted::Job(Box::new(rt.view(&v.report.job_id).unwrap_or(*v))),
-                        other => other,
+                    let r = r.and_then(|a| match a {
+                        Admitted::Job { id, view } => match rt.view(&id).map(Box::new).or(view) {
+                            Some(v) => Ok(Submitted::Job(v)),
+                            None => Err(Refusal::Unavailable(format!("job {id} was accepted but left memory"))),
+                        },
+                        Admitted::Preview(p) => Ok(Submitted::Preview(p)),
                     });
                     let _ = reply.send(r);
                 }));
@@ -667,7 +692,7 @@ impl Runtime {
         dry_run: bool,
         now: u64,
         round: &mut Round,
-    ) -> Result<Submitted, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let invalid =
             |e: PlanErrors| Refusal::Invalid("invalid plan".into(), e.0.iter().map(PlanError::to_string).collect());
         if !self.registry.loaded() {
@@ -695,7 +720,7 @@ impl Runtime {
         self.check_offers(&plan, &spec).map_err(invalid)?;
         if dry_run {
             let ids = |v: &[usize]| v.iter().map(|&n| spec.nodes[n].id.clone()).collect::<Vec<_>>();
-            return Ok(Submitted::Preview(PlanPreview {
+            return Ok(Admitted::Preview(PlanPreview {
                 name: plan.name.clone(),
                 targets: spec.nodes.iter().map(|n| n.id.clone()).collect(),
                 offline: spec.nodes.iter().filter(|n| n.offline).map(|n| n.id.clone()).collect(),
@@ -714,17 +739,14 @@ impl Runtime {
             )));
         }
         self.metrics.jobs_submitted.inc();
-        let line = JournalEntry::Spec {
-            spec: Box::new(spec.clone()),
-            created_at_ms: now,
-            epoch: self.term.epoch,
-            engine: self.cfg.engine,
-        };
+        let job = Job::new(spec, self.cfg.engine);
+        let line =
+            LineRef::Spec { spec: job.spec(), created_at_ms: now, epoch: self.term.epoch, engine: self.cfg.engine };
         if let Err(e) = round.journal.push(&self.topo.names.job_inputs(&job_id), &line) {
             return Err(Refusal::Unavailable(format!("cannot journal the job: {e}")));
         }
         let entry = Entry {
-            job: Job::new(spec, self.cfg.engine),
+            job,
             stage: Stage::Queued,
             created_at_ms: now,
             waiting: None,
@@ -736,8 +758,11 @@ impl Runtime {
         self.queue.push_back(job_id.clone());
         self.start_queued(now, round);
         self.summary_writes.touch(&job_id);
-        let view = self.view(&job_id).ok_or_else(|| Refusal::Unavailable("job vanished".into()))?;
-        Ok(Submitted::Job(Box::new(view)))
+        // The answer is the job's view after the commit (`take`). Only a job that is
+        // already over (it may leave memory in the same round) needs its view now.
+        let over = self.jobs.get(&job_id).is_some_and(|e| e.job.status().is_final());
+        let view = if over { self.view(&job_id).map(Box::new) } else { None };
+        Ok(Admitted::Job { id: job_id, view })
     }
 
     /// The fleet's action catalog (its schemas compiled), compiled again only when the
@@ -875,7 +900,7 @@ impl Runtime {
         let Some(entry) = self.jobs.get_mut(id) else { return Ok(()) };
         // Written before the engine takes the event, taken back if it refuses it.
         let subject = self.topo.names.job_inputs(id);
-        let line = InputLine::Input { n: entry.inputs + 1, event: &event, now, epoch: self.term.epoch };
+        let line = LineRef::Input { n: entry.inputs + 1, event: &event, now, epoch: self.term.epoch };
         let journaled = match round.journal.push(&subject, &line) {
             Ok(()) => true,
             Err(e) => {
@@ -1285,10 +1310,29 @@ mod tests {
             metadata: serde_json::json!({ "k": [1, 2] }),
             error: Some("exit 3".into()),
         };
-        let written = serde_json::to_value(InputLine::Input { n: 7, event: &event, now: 42, epoch: 3 }).unwrap();
+        let written = serde_json::to_value(LineRef::Input { n: 7, event: &event, now: 42, epoch: 3 }).unwrap();
         let owned = JournalEntry::Input { n: 7, event, now: 42, epoch: 3 };
         assert_eq!(written, serde_json::to_value(&owned).unwrap());
         let back: JournalEntry = serde_json::from_value(written).unwrap();
         assert!(matches!(back, JournalEntry::Input { n: 7, now: 42, epoch: 3, .. }));
+    }
+
+    #[test]
+    fn spec_lines_are_written_as_journal_entries_read_them() {
+        use drover_core::resolve::NodeInfo;
+        let plan = parse_plan(
+            "name: t\ntargets: {all: true}\nsteps:\n  - {name: a, action: echo, with: {message: hi}}\n",
+            Format::Yaml,
+            None,
+        )
+        .unwrap();
+        let fleet = vec![NodeInfo { id: "n1".into(), labels: Default::default(), groups: vec![], online: true }];
+        let spec = JobSpec::build("j", &plan, &fleet).unwrap();
+        let engine = EngineConfig::default();
+        let written = serde_json::to_value(LineRef::Spec { spec: &spec, created_at_ms: 5, epoch: 2, engine }).unwrap();
+        let owned = JournalEntry::Spec { spec: Box::new(spec), created_at_ms: 5, epoch: 2, engine };
+        assert_eq!(written, serde_json::to_value(&owned).unwrap());
+        let back: JournalEntry = serde_json::from_value(written).unwrap();
+        assert!(matches!(back, JournalEntry::Spec { created_at_ms: 5, epoch: 2, .. }));
     }
 }
