@@ -51,7 +51,7 @@ pub enum Submitted {
 /// committed.
 enum Admitted {
     /// A job, answered with its view as it is after the commit; `view` is its view at
-    /// admission when it was over at once (it may have left memory by then).
+    /// admission when it was queued or over at once (it may have left memory by then).
     Job {
         id: String,
         view: Option<Box<JobView>>,
@@ -758,10 +758,12 @@ impl Runtime {
         self.queue.push_back(job_id.clone());
         self.start_queued(now, round);
         self.summary_writes.touch(&job_id);
-        // The answer is the job's view after the commit (`take`). Only a job that is
-        // already over (it may leave memory in the same round) needs its view now.
-        let over = self.jobs.get(&job_id).is_some_and(|e| e.job.status().is_final());
-        let view = if over { self.view(&job_id).map(Box::new) } else { None };
+        // The answer is the job's view after the commit (`take`). A job that is over, or
+        // queued (the commit may start it, it may fail at once, and other jobs finishing
+        // may push it out of memory), gets its view now too, to answer with if it is
+        // gone by then. A running job cannot finish before its next round.
+        let settled = self.jobs.get(&job_id).is_some_and(|e| e.stage != Stage::Active || e.job.status().is_final());
+        let view = if settled { self.view(&job_id).map(Box::new) } else { None };
         Ok(Admitted::Job { id: job_id, view })
     }
 

@@ -90,15 +90,20 @@ struct Prev {
 /// Run blocking file work on tokio's blocking pool, handing it the step's cancel token.
 /// A file call cannot be interrupted, but the work checks the token ([`go_on`]) before
 /// it changes anything, so a step timed out or cancelled meanwhile leaves the file as it
-/// was, even when its result was given up waiting for (see `supervise`).
+/// was, even when its result was given up waiting for (see `supervise`), or when the
+/// caller dropped this future.
 async fn off_async<T: Send + 'static>(
     cancel: &CancellationToken,
     work: impl FnOnce(&CancellationToken) -> Result<T, ActionError> + Send + 'static,
 ) -> Result<T, ActionError> {
-    let cancel = cancel.clone();
-    tokio::task::spawn_blocking(move || work(&cancel))
-        .await
-        .map_err(|e| ActionError::Failed(format!("the file operation's thread failed: {e}")))?
+    // A caller that stops waiting without cancelling (an agent killed in-process drops
+    // its tasks) cancels the work's token by dropping this guard: the work then changes
+    // nothing either.
+    let guard = cancel.clone().drop_guard();
+    let token = cancel.clone();
+    let done = tokio::task::spawn_blocking(move || work(&token)).await;
+    guard.disarm();
+    done.map_err(|e| ActionError::Failed(format!("the file operation's thread failed: {e}")))?
 }
 
 /// Refuse to change `path` once the step was timed out or cancelled.
@@ -431,5 +436,26 @@ mod tests {
         let live = CancellationToken::new();
         assert!(write_file(params(&kept), false, &live).unwrap().changed);
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "new");
+    }
+
+    #[tokio::test]
+    async fn file_work_whose_caller_stopped_waiting_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (done, outcome) = std::sync::mpsc::channel();
+        let (p, token) = (path.clone(), CancellationToken::new());
+        let work = off_async(&token, move |c| {
+            let _ = wait.recv();
+            let r = write_file(params(&p), false, c);
+            let _ = done.send(r.is_ok());
+            r
+        });
+        // The caller gives up (its future is dropped) while the work is blocked.
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), work).await.is_err());
+        go.send(()).unwrap();
+        assert!(!outcome.recv_timeout(std::time::Duration::from_secs(10)).unwrap());
+        assert!(!path.exists());
+        assert!(token.is_cancelled());
     }
 }
