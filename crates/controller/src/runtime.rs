@@ -50,12 +50,9 @@ pub enum Submitted {
 /// What [`Runtime::submit`] admitted; answered as [`Submitted`] once the round is
 /// committed.
 enum Admitted {
-    /// A job, answered with its view as it is after the commit; `view` is its view at
-    /// admission when it was queued or over at once (it may have left memory by then).
-    Job {
-        id: String,
-        view: Option<Box<JobView>>,
-    },
+    /// A job, answered with its view as it is after the commit (finished jobs leave
+    /// memory only after the round's answers, [`Runtime::evict`]).
+    Job(String),
     Preview(PlanPreview),
 }
 
@@ -386,6 +383,7 @@ impl Runtime {
             for r in replies {
                 r(&self);
             }
+            self.evict();
             if outcome == Commit::Written {
                 // Durable, so the answers hold; the next leader acts on it.
                 return;
@@ -495,6 +493,7 @@ impl Runtime {
                 message: "the lease was lost while recovering".into(),
             });
         }
+        self.evict();
         report.took = started.elapsed();
         if report.lines > 0 {
             tracing::info!(
@@ -511,11 +510,17 @@ impl Runtime {
         Ok(report)
     }
 
-    /// A job has finished: keep it in memory among the most recent finished ones; the
-    /// oldest beyond `retain_finished` leaves memory (its journal and results stay in
-    /// JetStream, and the API rebuilds it from there when asked).
+    /// A job has finished: keep it in memory among the most recent finished ones (the
+    /// oldest beyond `retain_finished` leave at the end of the round, [`Runtime::evict`]).
     fn retire(&mut self, id: String) {
         self.finished.push_back(id);
+    }
+
+    /// Finished jobs beyond the `retain_finished` most recent leave memory (their journal
+    /// and results stay in JetStream, and the API rebuilds them from there when asked).
+    /// Called once a round's answers are sent, so that every job a round answers about
+    /// (a submission that failed at once, say) is still there to answer with.
+    fn evict(&mut self) {
         while self.finished.len() > self.cfg.retain_finished {
             let Some(old) = self.finished.pop_front() else { break };
             self.jobs.remove(&old);
@@ -562,9 +567,9 @@ impl Runtime {
                 // Reply after the commit so that a 201 means the job is journaled.
                 replies.push(Box::new(move |rt: &Runtime| {
                     let r = r.and_then(|a| match a {
-                        Admitted::Job { id, view } => match rt.view(&id).map(Box::new).or(view) {
-                            Some(v) => Ok(Submitted::Job(v)),
-                            None => Err(Refusal::Unavailable(format!("job {id} was accepted but left memory"))),
+                        Admitted::Job(id) => match rt.view(&id) {
+                            Some(v) => Ok(Submitted::Job(Box::new(v))),
+                            None => Err(Refusal::Unavailable(format!("job {id} was accepted but is not in memory"))),
                         },
                         Admitted::Preview(p) => Ok(Submitted::Preview(p)),
                     });
@@ -758,13 +763,8 @@ impl Runtime {
         self.queue.push_back(job_id.clone());
         self.start_queued(now, round);
         self.summary_writes.touch(&job_id);
-        // The answer is the job's view after the commit (`take`). A job that is over, or
-        // queued (the commit may start it, it may fail at once, and other jobs finishing
-        // may push it out of memory), gets its view now too, to answer with if it is
-        // gone by then. A running job cannot finish before its next round.
-        let settled = self.jobs.get(&job_id).is_some_and(|e| e.stage != Stage::Active || e.job.status().is_final());
-        let view = if settled { self.view(&job_id).map(Box::new) } else { None };
-        Ok(Admitted::Job { id: job_id, view })
+        // Answered with the job's view after the commit (`take`).
+        Ok(Admitted::Job(job_id))
     }
 
     /// The fleet's action catalog (its schemas compiled), compiled again only when the

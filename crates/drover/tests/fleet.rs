@@ -428,3 +428,29 @@ async fn a_result_too_large_for_a_message_is_served_whole_from_the_object_store(
     assert_eq!(r["stderr"].as_str().map(str::len), Some(150_000));
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_that_ends_at_once_is_answered_even_when_no_finished_job_is_kept() {
+    let mut opts = Options { agents: 2, ..Options::default() };
+    opts.controller.retain_finished = 0;
+    let mut fleet = Fleet::start(opts).await;
+    fleet.agents.remove("n2").unwrap().shutdown().await;
+    let deadline = std::time::Instant::now() + LIMIT;
+    while fleet.get("/v1/nodes/n2").await["node"]["online"] != false {
+        assert!(std::time::Instant::now() < deadline, "n2 never went offline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its only node is offline: the job fails as it starts, in the round that admits it,
+    // and leaves memory at the end of that round (no finished job is kept). Its answer is
+    // still its view.
+    let plan = "name: gone\ntargets: {nodes: [n2]}\nsteps: [{name: hi, action: echo, with: {message: hi}}]\n";
+    let (code, v) = fleet.post("/v1/jobs", plan, "application/yaml").await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["status"], "failed", "{v}");
+    let id = v["job_id"].as_str().expect("job_id").to_string();
+    // Gone from memory, still served by id from its journal.
+    let list = fleet.get("/v1/jobs").await;
+    assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()), "{list}");
+    assert_eq!(fleet.job(&id).await.report.status, JobStatus::Failed);
+    fleet.stop().await;
+}
