@@ -205,8 +205,13 @@ fn resolve(path: &Path) -> Result<PathBuf, ActionError> {
     resolve_path(path).map_err(|e| io_err("cannot resolve", path, e))
 }
 
-/// Restore the state recorded in `meta` (used by both rollbacks).
-fn restore(
+/// Restore the state recorded in `meta` (both rollbacks), off the async threads.
+async fn restore(meta: Value, action: &'static str, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
+    let (policy, dry_run) = (ctx.policy.clone(), ctx.dry_run);
+    off_async(&ctx.cancel, move |c| restore_now(meta, action, &policy, dry_run, c)).await
+}
+
+fn restore_now(
     meta: Value,
     action: &str,
     policy: &Policy,
@@ -308,8 +313,7 @@ impl Typed for Write {
     }
 
     async fn rollback(&self, _p: WriteParams, metadata: Value, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        let (policy, dry_run) = (ctx.policy.clone(), ctx.dry_run);
-        off_async(&ctx.cancel, move |c| restore(metadata, Self::NAME, &policy, dry_run, c)).await
+        restore(metadata, Self::NAME, ctx).await
     }
 }
 
@@ -377,8 +381,7 @@ impl Typed for Delete {
     }
 
     async fn rollback(&self, _p: DeleteParams, metadata: Value, ctx: &ExecContext) -> Result<ExecResult, ActionError> {
-        let (policy, dry_run) = (ctx.policy.clone(), ctx.dry_run);
-        off_async(&ctx.cancel, move |c| restore(metadata, Self::NAME, &policy, dry_run, c)).await
+        restore(metadata, Self::NAME, ctx).await
     }
 }
 
