@@ -9,8 +9,8 @@ use drover_actions::{ActionError, ExecContext, ExecResult, ExecStatus, Registry,
 use drover_bus::{BusError, Topology, ensure_topology, now_ms, publish_once};
 use drover_core::engine::AttemptOutcome;
 use drover_core::wire::{
-    ActionOffer, AgentStatus, Command, CommandId, CommandKind, HEARTBEAT_STORE_EVERY_MS, Heartbeat, NodeFacts,
-    NodeRecord, Reply, ReplyStatus, Request, StepResult,
+    ActionOffer, AgentStatus, Command, CommandId, CommandKind, Heartbeat, NodeFacts, NodeRecord, Reply, ReplyStatus,
+    Request, StepResult,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -552,13 +552,11 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let status = if s.lock().draining { AgentStatus::Draining } else { AgentStatus::Online };
-        // Every `every`-th beat is stored (the start stored one), so that the stored one is
-        // never older than HEARTBEAT_STORE_EVERY_MS (or one beat, when beats are further
-        // apart): counted in beats, not measured, so that timer jitter cannot make every
-        // beat a write.
-        let every = (HEARTBEAT_STORE_EVERY_MS / interval).max(1);
+        // One beat in BEATS_PER_STORED_BEAT is stored (the start stored one), and each
+        // change: what a starting controller reads (`drover_core::liveness`). Counted in
+        // beats, not measured, so that timer jitter cannot make every beat a write.
         since_stored += 1;
-        let store = status != last || since_stored >= every;
+        let store = status != last || since_stored >= drover_core::liveness::BEATS_PER_STORED_BEAT;
         s.heartbeat(status, store).await;
         if store {
             since_stored = 0;

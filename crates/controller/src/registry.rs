@@ -11,7 +11,12 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 struct Seen {
+    /// When the beat was received (a live one), or its stamp (a stored one).
     at_ms: u64,
+    /// When its silence counts from: `at_ms`, or for a stored beat that may have been
+    /// followed by live ones, when the controller began listening
+    /// (`drover_core::liveness::silence_counted_from_ms`).
+    silent_from_ms: u64,
     status: AgentStatus,
     /// The beat's own stamp (agent clock).
     agent_at_ms: u64,
@@ -87,8 +92,8 @@ impl Registry {
     }
 
     /// May a node be declared lost for silence now? Only once the buckets are read and
-    /// the live heartbeats have been received for two beats of the slowest agent: the
-    /// bucket holds every few beats only, so a stored one can be a few seconds old.
+    /// the live heartbeats have been received for two beats of the slowest agent: a node
+    /// whose stored beat is too old to vouch for it then has had two beats to show itself.
     pub fn judging(&self, now_ms: u64) -> bool {
         let r = self.read();
         let registered = r.records.values().map(|n| n.rec.heartbeat_ms);
@@ -183,15 +188,33 @@ impl Registry {
         w.seen.remove(id);
     }
 
-    /// Apply a heartbeat received at `at_ms`. Published beats arrive in order and always
-    /// apply; a stored one (`from_bucket`) only when it is not older than the last applied
-    /// (it may arrive after the same or a later beat published on the subject).
-    pub fn heartbeat(&self, hb: &Heartbeat, at_ms: u64, from_bucket: bool) {
+    /// Apply a heartbeat published on the subject and received at `at_ms`. They arrive
+    /// in order and always apply.
+    pub fn heartbeat(&self, hb: &Heartbeat, at_ms: u64) {
+        let seen = Seen {
+            at_ms,
+            silent_from_ms: at_ms,
+            status: hb.status,
+            agent_at_ms: hb.at_ms,
+            interval_ms: hb.interval_ms,
+        };
+        self.write().seen.insert(hb.node.clone(), seen);
+    }
+
+    /// Apply a heartbeat read from the bucket at `now_ms`, while live ones are being
+    /// received: it counts from the agent's own stamp (never in the future), and a node
+    /// whose stored beat is recent enough that it may have beaten since counts its
+    /// silence from now. It applies only when it is not older than the last applied (it
+    /// may arrive after the same or a later beat published on the subject).
+    pub fn stored_heartbeat(&self, hb: &Heartbeat, now_ms: u64) {
         let mut w = self.write();
-        if from_bucket && w.seen.get(&hb.node).is_some_and(|s| s.agent_at_ms > hb.at_ms) {
+        if w.seen.get(&hb.node).is_some_and(|s| s.agent_at_ms > hb.at_ms) {
             return;
         }
-        let seen = Seen { at_ms, status: hb.status, agent_at_ms: hb.at_ms, interval_ms: hb.interval_ms };
+        let at_ms = hb.at_ms.min(now_ms);
+        let silent_from_ms = drover_core::liveness::silence_counted_from_ms(at_ms, hb.interval_ms, now_ms);
+        let seen =
+            Seen { at_ms, silent_from_ms, status: hb.status, agent_at_ms: hb.at_ms, interval_ms: hb.interval_ms };
         w.seen.insert(hb.node.clone(), seen);
     }
 
@@ -209,7 +232,7 @@ impl Registry {
     /// A recent heartbeat saying `online`.
     fn online(&self, seen: Option<&Seen>, now_ms: u64) -> bool {
         seen.is_some_and(|s| {
-            s.status == AgentStatus::Online && now_ms.saturating_sub(s.at_ms) <= self.silence_limit_ms(s)
+            s.status == AgentStatus::Online && now_ms.saturating_sub(s.silent_from_ms) <= self.silence_limit_ms(s)
         })
     }
 
@@ -219,7 +242,7 @@ impl Registry {
         match r.seen.get(id) {
             None => Some("no heartbeat seen".into()),
             Some(s) if s.status == AgentStatus::Stopped => Some("the agent stopped".into()),
-            Some(s) if now_ms.saturating_sub(s.at_ms) > self.silence_limit_ms(s) => {
+            Some(s) if now_ms.saturating_sub(s.silent_from_ms) > self.silence_limit_ms(s) => {
                 Some(format!("no heartbeat for {}s", now_ms.saturating_sub(s.at_ms) / 1000))
             }
             _ => None,
@@ -371,9 +394,9 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
             while let Some(entry) = w.next().await {
                 let Ok(entry) = entry else { continue };
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&entry.value) {
-                    // Stored beats count from the agent's own stamp (never in the future),
-                    // the last one too (the watcher marks it current: it is not new).
-                    registry.heartbeat(&hb, hb.at_ms.min(drover_bus::now_ms()), true);
+                    // The last one too counts from its stamp (the watcher marks it
+                    // current: it is not new).
+                    registry.stored_heartbeat(&hb, drover_bus::now_ms());
                 }
                 if entry.delta == 0 {
                     registry.mark_beats_loaded();
@@ -382,7 +405,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
             }
         }
     };
-    // Every beat is published on a subject; the bucket holds every few of them.
+    // Every beat is published on a subject; the bucket holds one in ten of them.
     let live = {
         let registry = registry.clone();
         let client = topo.js.client();
@@ -397,7 +420,7 @@ pub async fn watch(registry: Registry, topo: drover_bus::Topology) {
             };
             while let Some(m) = sub.next().await {
                 if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&m.payload) {
-                    registry.heartbeat(&hb, drover_bus::now_ms(), false);
+                    registry.heartbeat(&hb, drover_bus::now_ms());
                 }
             }
         }
@@ -489,8 +512,8 @@ mod tests {
             interval_ms,
         };
         // One beating as configured (or not saying), one every 20 s in a large fleet.
-        reg.heartbeat(&beat("small", 0), 1_000, false);
-        reg.heartbeat(&beat("large", 20_000), 1_000, false);
+        reg.heartbeat(&beat("small", 0), 1_000);
+        reg.heartbeat(&beat("large", 20_000), 1_000);
         for at in [11_000, 61_000] {
             assert!(reg.is_online("large", at), "{at}");
             assert_eq!(reg.offline_reason("large", at), None);
@@ -501,5 +524,41 @@ mod tests {
         // Three beats of 20 s without one: lost.
         assert!(!reg.is_online("large", 61_001));
         assert_eq!(reg.offline_reason("large", 62_000).as_deref(), Some("no heartbeat for 61s"));
+    }
+
+    #[test]
+    fn a_stored_beat_that_may_have_been_followed_by_live_ones_counts_from_now() {
+        let reg = Registry::new(Duration::from_secs(10));
+        for n in ["recent", "stale", "mute"] {
+            reg.put_record(record(n, &["echo"]));
+        }
+        let beat = |node: &str, at_ms: u64, interval_ms: u64| Heartbeat {
+            node: node.into(),
+            status: AgentStatus::Online,
+            at_ms,
+            running: vec![],
+            interval_ms,
+        };
+        // A controller starts at 100 s and reads the bucket. Beats every 2 s, one in ten
+        // stored: a beat stored 20 s ago may have been followed by unstored ones; one
+        // stored 30 s ago means its agent stopped beating. An agent that does not say its
+        // interval gets its stamp, as before.
+        let now = 100_000;
+        reg.stored_heartbeat(&beat("recent", 80_000, 2_000), now);
+        reg.stored_heartbeat(&beat("stale", 70_000, 2_000), now);
+        reg.stored_heartbeat(&beat("mute", 95_000, 0), now);
+        assert!(reg.is_online("recent", now));
+        assert_eq!(reg.offline_reason("recent", now + 10_000), None);
+        // Silent for a whole timeout while the controller listened: lost, and the reason
+        // says for how long it has not been heard of.
+        assert_eq!(reg.offline_reason("recent", now + 10_001).as_deref(), Some("no heartbeat for 30s"));
+        assert!(!reg.is_online("stale", now));
+        assert_eq!(reg.offline_reason("stale", now).as_deref(), Some("no heartbeat for 30s"));
+        assert!(reg.is_online("mute", now + 5_000));
+        assert!(!reg.is_online("mute", now + 5_001));
+        // A live beat then applies; an older stored one read after it does not.
+        reg.heartbeat(&beat("stale", 101_000, 2_000), 101_000);
+        reg.stored_heartbeat(&beat("stale", 70_000, 2_000), 101_500);
+        assert!(reg.is_online("stale", 111_000));
     }
 }

@@ -145,7 +145,7 @@ impl Names {
     }
 
     /// KV bucket: the last stored heartbeat of each node (see
-    /// [`HEARTBEAT_STORE_EVERY_MS`]).
+    /// [`crate::liveness::BEATS_PER_STORED_BEAT`]).
     pub fn heartbeats_bucket(&self) -> String {
         format!("{}_heartbeats", self.prefix.replace('.', "_"))
     }
@@ -387,14 +387,9 @@ pub fn is_catalog_key(key: &str) -> bool {
     key.starts_with(CATALOG_KEY_PREFIX)
 }
 
-/// An agent publishes every heartbeat on `<prefix>.hb.<node>` (core NATS: cheap, not
-/// stored) and stores one in the `heartbeats` bucket when this long has passed since the
-/// last one it stored, and on each change of status: a controller that starts finds
-/// there the fleet's liveness, at most this old (well within the default 10 s timeout)
-/// plus one beat.
-pub const HEARTBEAT_STORE_EVERY_MS: u64 = 4_000;
-
-/// A heartbeat: published every `interval_ms` (see [`HEARTBEAT_STORE_EVERY_MS`]).
+/// A heartbeat: published every `interval_ms` on `<prefix>.hb.<node>` (core NATS: cheap,
+/// not stored), and one in [`crate::liveness::BEATS_PER_STORED_BEAT`] stored in the
+/// `heartbeats` bucket, besides each change of status or interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub node: String,
