@@ -1,8 +1,9 @@
 //! The controller's job runtime: one task owns every job's engine state and is fed
 //! inputs (submissions, results, timers, operator commands, lost nodes) through a
 //! channel. Each round takes every input waiting, applies them to the engines, writes
-//! the journal and progress to JetStream and waits for the acks (group commit), and only
-//! then carries out the engines' actions and acknowledges the results it consumed.
+//! the journal to JetStream and waits for the acks (group commit), and only then carries
+//! out the engines' actions, writes their progress events and acknowledges the results
+//! it consumed.
 
 use crate::config::ControllerConfig;
 use crate::dispatch;
@@ -263,8 +264,8 @@ impl Entry {
 enum Commit {
     /// Written and carried out.
     Acted,
-    /// Written, but the term ended before anything was carried out (the next leader
-    /// does that).
+    /// Written, but the term ended before all of it was carried out (the next leader
+    /// does the rest).
     Written,
     /// The term ended before all of it was written.
     Lost,
@@ -280,8 +281,13 @@ struct Fence {
 /// Work collected during a round, carried out after the journal is durable.
 #[derive(Default)]
 struct Round {
-    /// Journal and progress lines.
+    /// Journal lines: job specs and engine inputs, durable before anything is acted on.
     journal: Lines,
+    /// Progress events by job id, encoded and published once the
+    /// round's commands are on their way: they follow from the journaled inputs, and a
+    /// controller that dies before they are stored publishes them after its replay
+    /// (`Runtime::republish_missing_progress`).
+    progress: Vec<(String, Vec<Progress>)>,
     /// Results that came in replies, stored for the record on `result.<job>.replied.batch`
     /// (results published by agents are in the results stream already).
     records: Lines,
@@ -365,7 +371,8 @@ impl Runtime {
             }
             let t0 = std::time::Instant::now();
             let take_us = t0.duration_since(taken).as_micros() as u64;
-            let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
+            let nj = round.journal.len() + round.progress.iter().map(|(_, ps)| ps.len()).sum::<usize>();
+            let (nc, na) = (round.commands.len(), round.acks.len());
             let outcome = self.commit(round).await;
             if outcome == Commit::Lost {
                 // Deposed while writing: what was written (if anything) is the next
@@ -552,11 +559,7 @@ impl Runtime {
         if stored >= last.seq {
             return;
         }
-        for p in progress.iter().filter(|p| p.seq > stored) {
-            if let Err(e) = round.journal.push(&subject, p) {
-                tracing::warn!(job = id, "cannot encode a progress event: {e}");
-            }
-        }
+        round.progress.push((id.to_string(), progress.iter().filter(|p| p.seq > stored).cloned().collect()));
     }
 
     fn take(&mut self, input: Input, round: &mut Round, replies: &mut Vec<Reply>) {
@@ -932,7 +935,6 @@ impl Runtime {
     fn perform(&mut self, id: &str, actions: Vec<Action>, now: u64, round: &mut Round) {
         let epoch = self.term.epoch;
         let Some(entry) = self.jobs.get_mut(id) else { return };
-        let mut progress_subject = None;
         for a in actions {
             match a {
                 Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
@@ -967,9 +969,9 @@ impl Runtime {
                     {
                         entry.active_nodes.remove(n);
                     }
-                    let subject = progress_subject.get_or_insert_with(|| self.topo.names.job_progress(id));
-                    if let Err(e) = round.journal.push(subject, &p) {
-                        tracing::error!(job = id, "cannot encode a progress event: {e}");
+                    match round.progress.last_mut() {
+                        Some((job, ps)) if job == id => ps.push(p),
+                        _ => round.progress.push((id.to_string(), vec![p])),
                     }
                 }
                 Action::Finish { status, .. } => {
@@ -1008,7 +1010,7 @@ impl Runtime {
         if !self.term.usable().await {
             return self.deposed(Commit::Lost);
         }
-        // 1. Records of replied results, journal and progress, all published at once (the
+        // 1. Records of replied results and the journal, all published at once (the
         //    records first, on the same connection), then every ack awaited.
         let records = std::mem::take(&mut round.records);
         if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await
@@ -1038,6 +1040,7 @@ impl Runtime {
             round.commands.extend(next.commands);
             round.cancels.extend(next.cancels);
             round.timers.extend(next.timers);
+            round.progress.extend(next.progress);
             finished = next.finished;
         }
         // A pause (or a stalled write) may have outlasted the lease: wait for a renewal;
@@ -1073,7 +1076,23 @@ impl Runtime {
         for (job, at, timer) in round.timers {
             self.timers.set(job, at, timer);
         }
-        // 4. Results are acknowledged only now that their effect is journaled, each one
+        // 4. Progress, while the commands go out (a 1,000-node fan-out's first progress
+        //    events are as many lines as its commands). Stored before the round ends, so a
+        //    job's events stay in order; a term that ends meanwhile leaves the rest to the
+        //    next leader's replay.
+        let mut progress = Lines::default();
+        for (job, events) in std::mem::take(&mut round.progress) {
+            let subject = self.topo.names.job_progress(&job);
+            for p in &events {
+                if let Err(e) = progress.push(&subject, p) {
+                    tracing::error!(job, "cannot encode a progress event: {e}");
+                }
+            }
+        }
+        if !write_all(&self.topo.js, Lines::default(), progress, &self.term, self.fence.as_ref()).await {
+            return self.deposed(Commit::Written);
+        }
+        // 5. Results are acknowledged only now that their effect is journaled, each one
         //    (explicit acks: a cumulative one could cover a result lost in delivery, which
         //    then would never come again).
         for m in round.acks {
@@ -1081,7 +1100,7 @@ impl Runtime {
                 tracing::warn!("acking a result: {e}");
             }
         }
-        // 5. Job summaries for listing by other processes (of the jobs this round and
+        // 6. Job summaries for listing by other processes (of the jobs this round and
         //    earlier ones touched): on a change of status at once, otherwise at most once
         //    a second (crate::summaries).
         let jobs = &self.jobs;
@@ -1094,7 +1113,7 @@ impl Runtime {
                 }
             }));
         }
-        // 6. Finished jobs join the retained ones (after their final summary is written).
+        // 7. Finished jobs join the retained ones (after their final summary is written).
         for id in retired {
             self.retire(id);
         }

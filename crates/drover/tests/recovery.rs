@@ -30,6 +30,30 @@ async fn kill_at(fleet: &mut Fleet, job: &str, delays_ms: &[u64]) -> drover_core
     v
 }
 
+/// Every progress event of the job is in the events stream, in order: a controller
+/// killed after it sent a round's commands but before their progress was stored publishes
+/// it after its replay (events stored twice are allowed: watchers skip a number seen).
+async fn assert_progress_complete(fleet: &Fleet, id: &str) {
+    let client = async_nats::connect(fleet.nats_urls.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names = drover_core::wire::Names::default();
+    let messages = drover_bus::read_all(&js, &names.events_stream(), &names.job_progress(id)).await.unwrap();
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut last = None;
+    for (_, payload) in &messages {
+        for line in drover_core::wire::split_lines(payload) {
+            let p: drover_core::engine::Progress = serde_json::from_slice(line).unwrap();
+            if !seqs.contains(&p.seq) {
+                seqs.push(p.seq);
+                last = Some(p.kind);
+            }
+        }
+    }
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "the job's progress events, first copies in stream order");
+    assert_eq!(last, Some(drover_core::engine::ProgressKind::JobFinished), "the last event");
+}
+
 /// The job succeeded, every node ran each step exactly once, and every node is seen
 /// online afterwards (the registry kept following heartbeats).
 async fn assert_succeeded_once(fleet: &Fleet, id: &str, nodes: &[&str]) {
@@ -56,6 +80,7 @@ async fn a_killed_controller_resumes_a_rolling_job_with_retries_and_runs_nothing
         let steps = &v.report.nodes[n].steps;
         assert_eq!(steps[1].attempts, 2, "{n}: the flaky step ran twice (one retry), no more");
     }
+    assert_progress_complete(&fleet, &id).await;
     fleet.stop().await;
 }
 
@@ -87,6 +112,29 @@ steps:
         assert_eq!(fleet.side_effects(n), "change\nundo\n", "side effects on {n}");
     }
     assert_eq!(v.report.nodes["n3"].outcome, NodeOutcome::RolledBack);
+    assert_progress_complete(&fleet, &id).await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_the_dead_controller_had_not_stored_is_published_after_the_replay() {
+    let mut fleet = crash_fleet(2).await;
+    let id = fleet
+        .submit("name: slow\ntargets: {all: true}\nsteps: [{name: s, action: sleep, with: {duration: 1500ms}}]\n")
+        .await;
+    fleet.wait_status(&id, &[JobStatus::Running], LIMIT).await;
+    // The controller dies having journaled the job's inputs and sent its commands, but
+    // before its progress was stored (a round publishes progress after it sends the
+    // commands): here, the stored progress is purged while no controller runs.
+    fleet.kill_controller();
+    let client = async_nats::connect(fleet.nats_urls.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names = drover_core::wire::Names::default();
+    let stream = js.get_stream(names.events_stream()).await.unwrap();
+    stream.purge().filter(names.job_progress(&id)).await.unwrap();
+    fleet.spawn_controller().await;
+    assert_eq!(fleet.wait_final(&id, LIMIT).await.report.status, JobStatus::Succeeded);
+    assert_progress_complete(&fleet, &id).await;
     fleet.stop().await;
 }
 
