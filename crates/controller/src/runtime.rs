@@ -323,6 +323,8 @@ pub struct Runtime {
     catalog: Option<(BTreeMap<String, ActionOffer>, Arc<Catalog>)>,
     /// Which job summaries to write to the jobs bucket, and when.
     summary_writes: crate::summaries::SummaryWrites,
+    /// When the last commit had sent its commands (for the round's debug line).
+    acted_at: Option<std::time::Instant>,
 }
 
 impl Runtime {
@@ -352,6 +354,7 @@ impl Runtime {
             finished: VecDeque::new(),
             catalog: None,
             summary_writes: Default::default(),
+            acted_at: None,
         }
     }
 
@@ -384,6 +387,7 @@ impl Runtime {
                 commands = nc,
                 acks = na,
                 take_us,
+                acted_us = self.acted_at.take().map_or(0, |t| t.duration_since(t0).as_micros() as u64),
                 took_us = t0.elapsed().as_micros() as u64,
                 "round"
             );
@@ -1076,6 +1080,7 @@ impl Runtime {
         for (job, at, timer) in round.timers {
             self.timers.set(job, at, timer);
         }
+        self.acted_at = Some(std::time::Instant::now());
         // 4. Progress, while the commands go out (a 1,000-node fan-out's first progress
         //    events are as many lines as its commands). Stored before the round ends, so a
         //    job's events stay in order; a term that ends meanwhile leaves the rest to the
