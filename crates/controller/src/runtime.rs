@@ -283,11 +283,11 @@ struct Fence {
 struct Round {
     /// Journal lines: job specs and engine inputs, durable before anything is acted on.
     journal: Lines,
-    /// Progress events by job id, encoded and published once the
-    /// round's commands are on their way: they follow from the journaled inputs, and a
+    /// Progress lines: sent with the journal, but their acks are awaited only once the
+    /// round's commands are on their way. They follow from the journaled inputs, and a
     /// controller that dies before they are stored publishes them after its replay
     /// (`Runtime::republish_missing_progress`).
-    progress: Vec<(String, Vec<Progress>)>,
+    progress: Lines,
     /// Results that came in replies, stored for the record on `result.<job>.replied.batch`
     /// (results published by agents are in the results stream already).
     records: Lines,
@@ -374,8 +374,7 @@ impl Runtime {
             }
             let t0 = std::time::Instant::now();
             let take_us = t0.duration_since(taken).as_micros() as u64;
-            let nj = round.journal.len() + round.progress.iter().map(|(_, ps)| ps.len()).sum::<usize>();
-            let (nc, na) = (round.commands.len(), round.acks.len());
+            let (nj, nc, na) = (round.journal.len() + round.progress.len(), round.commands.len(), round.acks.len());
             let outcome = self.commit(round).await;
             if outcome == Commit::Lost {
                 // Deposed while writing: what was written (if anything) is the next
@@ -563,7 +562,11 @@ impl Runtime {
         if stored >= last.seq {
             return;
         }
-        round.progress.push((id.to_string(), progress.iter().filter(|p| p.seq > stored).cloned().collect()));
+        for p in progress.iter().filter(|p| p.seq > stored) {
+            if let Err(e) = round.progress.push(&subject, p) {
+                tracing::warn!(job = id, "cannot encode a progress event: {e}");
+            }
+        }
     }
 
     fn take(&mut self, input: Input, round: &mut Round, replies: &mut Vec<Reply>) {
@@ -939,6 +942,7 @@ impl Runtime {
     fn perform(&mut self, id: &str, actions: Vec<Action>, now: u64, round: &mut Round) {
         let epoch = self.term.epoch;
         let Some(entry) = self.jobs.get_mut(id) else { return };
+        let mut progress_subject = None;
         for a in actions {
             match a {
                 Action::Dispatch { node, step, attempt, timeout_ms, .. } => {
@@ -973,9 +977,9 @@ impl Runtime {
                     {
                         entry.active_nodes.remove(n);
                     }
-                    match round.progress.last_mut() {
-                        Some((job, ps)) if job == id => ps.push(p),
-                        _ => round.progress.push((id.to_string(), vec![p])),
+                    let subject = progress_subject.get_or_insert_with(|| self.topo.names.job_progress(id));
+                    if let Err(e) = round.progress.push(subject, &p) {
+                        tracing::error!(job = id, "cannot encode a progress event: {e}");
                     }
                 }
                 Action::Finish { status, .. } => {
@@ -1014,13 +1018,16 @@ impl Runtime {
         if !self.term.usable().await {
             return self.deposed(Commit::Lost);
         }
-        // 1. Records of replied results and the journal, all published at once (the
-        //    records first, on the same connection), then every ack awaited.
-        let records = std::mem::take(&mut round.records);
-        if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await
-        {
+        // 1. Records of replied results, the journal and progress, all published at once
+        //    (the records first, on the same connection), then the acks of the records
+        //    and the journal awaited; the progress acks come back meanwhile (step 4).
+        let (records, journal) = (std::mem::take(&mut round.records), std::mem::take(&mut round.journal));
+        let progress = std::mem::take(&mut round.progress);
+        let Some(progress) =
+            write_all(&self.topo.js, [records, journal, progress], &self.term, self.fence.as_ref()).await
+        else {
             return self.deposed(Commit::Lost);
-        }
+        };
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
         //    of journal writes); a job that finishes as it starts releases them in turn.
         let mut finished = std::mem::take(&mut round.finished);
@@ -1037,14 +1044,16 @@ impl Runtime {
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
-            let journal = std::mem::take(&mut next.journal);
-            if !write_all(&self.topo.js, Lines::default(), journal, &self.term, self.fence.as_ref()).await {
+            let lines = [Lines::default(), std::mem::take(&mut next.journal), std::mem::take(&mut next.progress)];
+            let Some(written) = write_all(&self.topo.js, lines, &self.term, self.fence.as_ref()).await else {
+                return self.deposed(Commit::Lost);
+            };
+            if !written.settle(&self.topo.js, &self.term).await {
                 return self.deposed(Commit::Lost);
             }
             round.commands.extend(next.commands);
             round.cancels.extend(next.cancels);
             round.timers.extend(next.timers);
-            round.progress.extend(next.progress);
             finished = next.finished;
         }
         // A pause (or a stalled write) may have outlasted the lease: wait for a renewal;
@@ -1081,20 +1090,11 @@ impl Runtime {
             self.timers.set(job, at, timer);
         }
         self.acted_at = Some(std::time::Instant::now());
-        // 4. Progress, while the commands go out (a 1,000-node fan-out's first progress
-        //    events are as many lines as its commands). Stored before the round ends, so a
-        //    job's events stay in order; a term that ends meanwhile leaves the rest to the
-        //    next leader's replay.
-        let mut progress = Lines::default();
-        for (job, events) in std::mem::take(&mut round.progress) {
-            let subject = self.topo.names.job_progress(&job);
-            for p in &events {
-                if let Err(e) = progress.push(&subject, p) {
-                    tracing::error!(job, "cannot encode a progress event: {e}");
-                }
-            }
-        }
-        if !write_all(&self.topo.js, Lines::default(), progress, &self.term, self.fence.as_ref()).await {
+        // 4. The progress stored, after the commands went out (a 1,000-node fan-out's
+        //    first progress is as many lines as its commands) and before the round ends,
+        //    so a job's events stay in order; a term that ends meanwhile leaves the rest
+        //    to the next leader's replay.
+        if !progress.settle(&self.topo.js, &self.term).await {
             return self.deposed(Commit::Written);
         }
         // 5. Results are acknowledged only now that their effect is journaled, each one
@@ -1213,27 +1213,65 @@ fn command(
     }
 }
 
+/// Messages sent whose acks are still to come, and messages whose send failed.
+#[derive(Default)]
+struct Unsettled {
+    acks: Vec<(String, Bytes, Option<Fence>, jetstream::context::PublishAckFuture)>,
+    failed: Vec<(String, Bytes, Option<Fence>)>,
+}
+
+impl Unsettled {
+    /// Wait for every ack, and write again each message whose send or ack failed (inputs
+    /// carry their number and progress its sequence, so a line that landed twice is
+    /// harmless on replay and to watchers; records are told apart by their command key).
+    /// `false` when the term ended (a newer leader's takeover line, or the lease ran out)
+    /// before everything was stored.
+    async fn settle(mut self, js: &jetstream::Context, term: &Term) -> bool {
+        for (subject, bytes, fence, ack) in self.acks {
+            match ack.await {
+                Ok(_) => {}
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    return superseded(term);
+                }
+                Err(_) => self.failed.push((subject, bytes, fence)),
+            }
+        }
+        for (subject, bytes, fence) in self.failed {
+            if !publish_retrying(js.clone(), subject, bytes, term, fence.as_ref()).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// Publish a round: `records` (results stream, not fenced: they are facts reported by
-/// agents, whoever stores them) first, then the journal and progress `lines` (events
+/// agents, whoever stores them) first, then the `journal` and its `progress` (events
 /// stream), each subject's lines packed into one message (or a few, when they exceed
 /// [`MAX_BATCH_BYTES`]). Every message is sent before any ack is awaited, the records
 /// first on the same connection: a controller that crashes once its journal lines were
 /// sent has sent the records too (only a record whose own send failed, and whose retry
 /// the crash cut short, can be missing). A record too large for any message is left out
-/// with a warning rather than retried forever. A message whose ack failed is written again (inputs carry their
-/// number and progress its sequence, so a line that landed twice is harmless on replay
-/// and to watchers; records are told apart by their command key). Each journal write
-/// expects `fence` to be the last takeover line. `false` when the term ended (a newer
-/// leader's takeover line, or the lease ran out) before everything was stored.
-async fn write_all(js: &jetstream::Context, records: Lines, lines: Lines, term: &Term, fence: Option<&Fence>) -> bool {
+/// with a warning rather than retried forever. The records and the journal are stored
+/// when it returns ([`Unsettled::settle`]); the progress is returned unsettled. Each
+/// journal and progress write expects `fence` to be the last takeover line. `None` when
+/// the term ended before the records and the journal were stored.
+async fn write_all(
+    js: &jetstream::Context,
+    [records, journal, progress]: [Lines; 3],
+    term: &Term,
+    fence: Option<&Fence>,
+) -> Option<Unsettled> {
     // Never more than the server takes in one message (it may be set below the default).
     let server_max = drover_bus::payload_limit(&js.client(), 4096);
     let max_payload = server_max.clamp(1024, MAX_BATCH_BYTES);
-    let mut acks = Vec::new();
-    let mut failed = Vec::new();
+    let (mut now, mut later) = (Unsettled::default(), Unsettled::default());
     // A line longer than `max_payload` travels alone. A record longer than the server
     // takes is left out; a journal line never is (the commit waits for it).
-    for (lines, fence, limit) in [(records, None, server_max), (lines, fence, usize::MAX)] {
+    let groups =
+        [(records, None, server_max, false), (journal, fence, usize::MAX, false), (progress, fence, usize::MAX, true)];
+    for (lines, fence, limit, is_later) in groups {
+        let to = if is_later { &mut later } else { &mut now };
         for s in lines.into_subjects() {
             let (messages, left_out) = s.messages(max_payload, limit);
             for line in left_out {
@@ -1245,27 +1283,13 @@ async fn write_all(js: &jetstream::Context, records: Lines, lines: Lines, term: 
             for m in messages {
                 let payload = bytes.slice(m);
                 match js.send_publish(subject.clone(), fenced(payload.clone(), fence)).await {
-                    Ok(ack) => acks.push((subject.clone(), payload, fence, ack)),
-                    Err(_) => failed.push((subject.clone(), payload, fence)),
+                    Ok(ack) => to.acks.push((subject.clone(), payload, fence.cloned(), ack)),
+                    Err(_) => to.failed.push((subject.clone(), payload, fence.cloned())),
                 }
             }
         }
     }
-    for (subject, bytes, fence, ack) in acks {
-        match ack.await {
-            Ok(_) => {}
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                return superseded(term);
-            }
-            Err(_) => failed.push((subject, bytes, fence)),
-        }
-    }
-    for (subject, bytes, fence) in failed {
-        if !publish_retrying(js.clone(), subject, bytes, term, fence).await {
-            return false;
-        }
-    }
-    true
+    now.settle(js, term).await.then_some(later)
 }
 
 /// A journal message that the stream stores only while `fence` is still the last
