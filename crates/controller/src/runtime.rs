@@ -1,9 +1,8 @@
 //! The controller's job runtime: one task owns every job's engine state and is fed
 //! inputs (submissions, results, timers, operator commands, lost nodes) through a
 //! channel. Each round takes every input waiting, applies them to the engines, writes
-//! the journal to JetStream and waits for the acks (group commit), and only then carries
-//! out the engines' actions, writes their progress events and acknowledges the results
-//! it consumed.
+//! the journal and progress to JetStream and waits for the acks (group commit), and only
+//! then carries out the engines' actions and acknowledges the results it consumed.
 
 use crate::config::ControllerConfig;
 use crate::dispatch;
@@ -264,8 +263,8 @@ impl Entry {
 enum Commit {
     /// Written and carried out.
     Acted,
-    /// Written, but the term ended before all of it was carried out (the next leader
-    /// does the rest).
+    /// Written, but the term ended before anything was carried out (the next leader
+    /// does that).
     Written,
     /// The term ended before all of it was written.
     Lost,
@@ -281,13 +280,8 @@ struct Fence {
 /// Work collected during a round, carried out after the journal is durable.
 #[derive(Default)]
 struct Round {
-    /// Journal lines: job specs and engine inputs, durable before anything is acted on.
+    /// Journal and progress lines.
     journal: Lines,
-    /// Progress lines: sent with the journal, but their acks are awaited only once the
-    /// round's commands are on their way. They follow from the journaled inputs, and a
-    /// controller that dies before they are stored publishes them after its replay
-    /// (`Runtime::republish_missing_progress`).
-    progress: Lines,
     /// Results that came in replies, stored for the record on `result.<job>.replied.batch`
     /// (results published by agents are in the results stream already).
     records: Lines,
@@ -374,7 +368,7 @@ impl Runtime {
             }
             let t0 = std::time::Instant::now();
             let take_us = t0.duration_since(taken).as_micros() as u64;
-            let (nj, nc, na) = (round.journal.len() + round.progress.len(), round.commands.len(), round.acks.len());
+            let (nj, nc, na) = (round.journal.len(), round.commands.len(), round.acks.len());
             let outcome = self.commit(round).await;
             if outcome == Commit::Lost {
                 // Deposed while writing: what was written (if anything) is the next
@@ -563,7 +557,7 @@ impl Runtime {
             return;
         }
         for p in progress.iter().filter(|p| p.seq > stored) {
-            if let Err(e) = round.progress.push(&subject, p) {
+            if let Err(e) = round.journal.push(&subject, p) {
                 tracing::warn!(job = id, "cannot encode a progress event: {e}");
             }
         }
@@ -978,7 +972,7 @@ impl Runtime {
                         entry.active_nodes.remove(n);
                     }
                     let subject = progress_subject.get_or_insert_with(|| self.topo.names.job_progress(id));
-                    if let Err(e) = round.progress.push(subject, &p) {
+                    if let Err(e) = round.journal.push(subject, &p) {
                         tracing::error!(job = id, "cannot encode a progress event: {e}");
                     }
                 }
@@ -1018,16 +1012,13 @@ impl Runtime {
         if !self.term.usable().await {
             return self.deposed(Commit::Lost);
         }
-        // 1. Records of replied results, the journal and progress, all published at once
-        //    (the records first, on the same connection), then the acks of the records
-        //    and the journal awaited; the progress acks come back meanwhile (step 4).
-        let (records, journal) = (std::mem::take(&mut round.records), std::mem::take(&mut round.journal));
-        let progress = std::mem::take(&mut round.progress);
-        let Some(progress) =
-            write_all(&self.topo.js, [records, journal, progress], &self.term, self.fence.as_ref()).await
-        else {
+        // 1. Records of replied results, journal and progress, all published at once (the
+        //    records first, on the same connection), then every ack awaited.
+        let records = std::mem::take(&mut round.records);
+        if !write_all(&self.topo.js, records, std::mem::take(&mut round.journal), &self.term, self.fence.as_ref()).await
+        {
             return self.deposed(Commit::Lost);
-        };
+        }
         // 2. Finished jobs release their nodes; queued jobs may start (another, small round
         //    of journal writes); a job that finishes as it starts releases them in turn.
         let mut finished = std::mem::take(&mut round.finished);
@@ -1044,11 +1035,8 @@ impl Runtime {
             }
             let mut next = Round::default();
             self.start_queued(now, &mut next);
-            let lines = [Lines::default(), std::mem::take(&mut next.journal), std::mem::take(&mut next.progress)];
-            let Some(written) = write_all(&self.topo.js, lines, &self.term, self.fence.as_ref()).await else {
-                return self.deposed(Commit::Lost);
-            };
-            if !written.settle(&self.topo.js, &self.term).await {
+            let journal = std::mem::take(&mut next.journal);
+            if !write_all(&self.topo.js, Lines::default(), journal, &self.term, self.fence.as_ref()).await {
                 return self.deposed(Commit::Lost);
             }
             round.commands.extend(next.commands);
@@ -1090,14 +1078,7 @@ impl Runtime {
             self.timers.set(job, at, timer);
         }
         self.acted_at = Some(std::time::Instant::now());
-        // 4. The progress stored, after the commands went out (a 1,000-node fan-out's
-        //    first progress is as many lines as its commands) and before the round ends,
-        //    so a job's events stay in order; a term that ends meanwhile leaves the rest
-        //    to the next leader's replay.
-        if !progress.settle(&self.topo.js, &self.term).await {
-            return self.deposed(Commit::Written);
-        }
-        // 5. Results are acknowledged only now that their effect is journaled, each one
+        // 4. Results are acknowledged only now that their effect is journaled, each one
         //    (explicit acks: a cumulative one could cover a result lost in delivery, which
         //    then would never come again).
         for m in round.acks {
@@ -1105,7 +1086,7 @@ impl Runtime {
                 tracing::warn!("acking a result: {e}");
             }
         }
-        // 6. Job summaries for listing by other processes (of the jobs this round and
+        // 5. Job summaries for listing by other processes (of the jobs this round and
         //    earlier ones touched): on a change of status at once, otherwise at most once
         //    a second (crate::summaries).
         let jobs = &self.jobs;
@@ -1118,7 +1099,7 @@ impl Runtime {
                 }
             }));
         }
-        // 7. Finished jobs join the retained ones (after their final summary is written).
+        // 6. Finished jobs join the retained ones (after their final summary is written).
         for id in retired {
             self.retire(id);
         }
@@ -1213,65 +1194,27 @@ fn command(
     }
 }
 
-/// Messages sent whose acks are still to come, and messages whose send failed.
-#[derive(Default)]
-struct Unsettled {
-    acks: Vec<(String, Bytes, Option<Fence>, jetstream::context::PublishAckFuture)>,
-    failed: Vec<(String, Bytes, Option<Fence>)>,
-}
-
-impl Unsettled {
-    /// Wait for every ack, and write again each message whose send or ack failed (inputs
-    /// carry their number and progress its sequence, so a line that landed twice is
-    /// harmless on replay and to watchers; records are told apart by their command key).
-    /// `false` when the term ended (a newer leader's takeover line, or the lease ran out)
-    /// before everything was stored.
-    async fn settle(mut self, js: &jetstream::Context, term: &Term) -> bool {
-        for (subject, bytes, fence, ack) in self.acks {
-            match ack.await {
-                Ok(_) => {}
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    return superseded(term);
-                }
-                Err(_) => self.failed.push((subject, bytes, fence)),
-            }
-        }
-        for (subject, bytes, fence) in self.failed {
-            if !publish_retrying(js.clone(), subject, bytes, term, fence.as_ref()).await {
-                return false;
-            }
-        }
-        true
-    }
-}
-
 /// Publish a round: `records` (results stream, not fenced: they are facts reported by
-/// agents, whoever stores them) first, then the `journal` and its `progress` (events
+/// agents, whoever stores them) first, then the journal and progress `lines` (events
 /// stream), each subject's lines packed into one message (or a few, when they exceed
 /// [`MAX_BATCH_BYTES`]). Every message is sent before any ack is awaited, the records
 /// first on the same connection: a controller that crashes once its journal lines were
 /// sent has sent the records too (only a record whose own send failed, and whose retry
 /// the crash cut short, can be missing). A record too large for any message is left out
-/// with a warning rather than retried forever. The records and the journal are stored
-/// when it returns ([`Unsettled::settle`]); the progress is returned unsettled. Each
-/// journal and progress write expects `fence` to be the last takeover line. `None` when
-/// the term ended before the records and the journal were stored.
-async fn write_all(
-    js: &jetstream::Context,
-    [records, journal, progress]: [Lines; 3],
-    term: &Term,
-    fence: Option<&Fence>,
-) -> Option<Unsettled> {
+/// with a warning rather than retried forever. A message whose ack failed is written again (inputs carry their
+/// number and progress its sequence, so a line that landed twice is harmless on replay
+/// and to watchers; records are told apart by their command key). Each journal write
+/// expects `fence` to be the last takeover line. `false` when the term ended (a newer
+/// leader's takeover line, or the lease ran out) before everything was stored.
+async fn write_all(js: &jetstream::Context, records: Lines, lines: Lines, term: &Term, fence: Option<&Fence>) -> bool {
     // Never more than the server takes in one message (it may be set below the default).
     let server_max = drover_bus::payload_limit(&js.client(), 4096);
     let max_payload = server_max.clamp(1024, MAX_BATCH_BYTES);
-    let (mut now, mut later) = (Unsettled::default(), Unsettled::default());
+    let mut acks = Vec::new();
+    let mut failed = Vec::new();
     // A line longer than `max_payload` travels alone. A record longer than the server
     // takes is left out; a journal line never is (the commit waits for it).
-    let groups =
-        [(records, None, server_max, false), (journal, fence, usize::MAX, false), (progress, fence, usize::MAX, true)];
-    for (lines, fence, limit, is_later) in groups {
-        let to = if is_later { &mut later } else { &mut now };
+    for (lines, fence, limit) in [(records, None, server_max), (lines, fence, usize::MAX)] {
         for s in lines.into_subjects() {
             let (messages, left_out) = s.messages(max_payload, limit);
             for line in left_out {
@@ -1283,13 +1226,27 @@ async fn write_all(
             for m in messages {
                 let payload = bytes.slice(m);
                 match js.send_publish(subject.clone(), fenced(payload.clone(), fence)).await {
-                    Ok(ack) => to.acks.push((subject.clone(), payload, fence.cloned(), ack)),
-                    Err(_) => to.failed.push((subject.clone(), payload, fence.cloned())),
+                    Ok(ack) => acks.push((subject.clone(), payload, fence, ack)),
+                    Err(_) => failed.push((subject.clone(), payload, fence)),
                 }
             }
         }
     }
-    now.settle(js, term).await.then_some(later)
+    for (subject, bytes, fence, ack) in acks {
+        match ack.await {
+            Ok(_) => {}
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return superseded(term);
+            }
+            Err(_) => failed.push((subject, bytes, fence)),
+        }
+    }
+    for (subject, bytes, fence) in failed {
+        if !publish_retrying(js.clone(), subject, bytes, term, fence).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// A journal message that the stream stores only while `fence` is still the last

@@ -31,8 +31,8 @@ async fn kill_at(fleet: &mut Fleet, job: &str, delays_ms: &[u64]) -> drover_core
 }
 
 /// Every progress event of the job is in the events stream, in order: a controller
-/// killed after it sent a round's commands but before their progress was stored publishes
-/// it after its replay (events stored twice are allowed: watchers skip a number seen).
+/// killed after a round's journal was stored but before its progress was publishes it
+/// after its replay (events stored twice are allowed: watchers skip a number seen).
 async fn assert_progress_complete(fleet: &Fleet, id: &str) {
     let client = async_nats::connect(fleet.nats_urls.as_str()).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -123,9 +123,9 @@ async fn progress_the_dead_controller_had_not_stored_is_published_after_the_repl
         .submit("name: slow\ntargets: {all: true}\nsteps: [{name: s, action: sleep, with: {duration: 1500ms}}]\n")
         .await;
     fleet.wait_status(&id, &[JobStatus::Running], LIMIT).await;
-    // The controller dies having journaled the job's inputs and sent its commands, but
-    // before its progress was stored (a round publishes progress after it sends the
-    // commands): here, the stored progress is purged while no controller runs.
+    // The controller dies having journaled the job's inputs but before their progress was
+    // stored (its message failed, or the crash came between the acks): here, the stored
+    // progress is purged while no controller runs.
     fleet.kill_controller();
     let client = async_nats::connect(fleet.nats_urls.as_str()).await.unwrap();
     let js = async_nats::jetstream::new(client);
