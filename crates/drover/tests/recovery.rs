@@ -31,8 +31,9 @@ async fn kill_at(fleet: &mut Fleet, job: &str, delays_ms: &[u64]) -> drover_core
 }
 
 /// Every progress event of the job is in the events stream, in order: a controller
-/// killed after a round's journal was stored but before its progress was publishes it
-/// after its replay (events stored twice are allowed: watchers skip a number seen).
+/// killed after a round's journal was stored, but before its progress was, publishes that
+/// progress after its replay (events stored twice are allowed: watchers skip a number
+/// seen).
 async fn assert_progress_complete(fleet: &Fleet, id: &str) {
     let client = async_nats::connect(fleet.nats_urls.as_str()).await.unwrap();
     let js = async_nats::jetstream::new(client);
