@@ -140,6 +140,33 @@ async fn progress_the_dead_controller_had_not_stored_is_published_after_the_repl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_sees_live_nodes_online_though_their_stored_beats_are_old() {
+    // Agents beat every 3 s and store one beat in ten (at their start, then every 30 s);
+    // with the controller's 2 s timeout a node is lost after 9 s of silence (three beats).
+    let mut fleet = crash_fleet(0).await;
+    for i in 1..=3 {
+        let mut cfg = fleet.agent_config(&format!("n{i}"), Default::default(), false);
+        cfg.heartbeat = Duration::from_secs(3);
+        fleet.start_agent_with(cfg).await;
+    }
+    fleet.wait_nodes(3).await;
+    // Their stored beats grow older than 9 s; a new controller reads them, and may lead
+    // before their next live beats arrive: every node is still online at once, as the
+    // stored beats may have been followed by beats that were not stored.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    fleet.kill_controller();
+    fleet.spawn_controller().await;
+    let v = fleet.get("/v1/nodes").await;
+    let online = v["nodes"].as_array().map(|a| a.iter().filter(|n| n["online"] == true).count());
+    assert_eq!(online, Some(3), "{v}");
+    let id = fleet.submit("name: hi\ntargets: {all: true}\nsteps: [{name: hi, action: test.succeed}]\n").await;
+    let v = fleet.wait_final(&id, LIMIT).await;
+    assert_eq!(v.report.status, JobStatus::Succeeded, "{:?}", v.report);
+    assert_eq!(v.report.counts.get(&NodeOutcome::Succeeded), Some(&3));
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_and_finished_jobs_survive_a_restart() {
     let mut fleet = crash_fleet(1).await;
     let done = fleet.submit("name: quick\ntargets: {all: true}\nsteps: [{name: hi, action: test.succeed}]\n").await;
