@@ -10,7 +10,9 @@
 //!   per node the time from the job's start to its result being applied (p50, p99), from
 //!   the job's progress events;
 //! - `floor`: the same fan-out as bare NATS request/reply to N responders, each on its
-//!   own connection, without drover;
+//!   own connection, without drover: on the fleet's server while the fleet idles, its runs
+//!   alternating with w1's (on a server of its own when the fleet's cannot take that many
+//!   more connections, or without w1);
 //! - `w2`: 3 steps (`echo`, `file.write`, `sleep 100ms`) on 100 nodes in lockstep batches
 //!   of 10 (floor: 10 x 100 ms);
 //! - `w3`: 20 nodes in batches of 5, `file.write` failing on nodes 7, 8 and 9,
@@ -183,17 +185,16 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         .or_else(|| agents_tmp.as_ref().map(|t| t.path().to_path_buf()))
         .unwrap_or_else(|| dir.path().join("agents"));
     let mut figures = Vec::new();
-    if has("floor") {
+    if has("floor") && !has("w1") {
+        // No fleet to share a server with: the floor alone, on a server of its own.
         let nats = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("floor-nats"))?;
         let varz = Varz::of(&nats)?;
         for &n in &args.nodes {
-            let before = varz.read().await?;
-            let times = floor_in_child(nats.url(), n, args.runs).await?;
-            let after = varz.read().await?;
-            let mut f = figure("floor", n, &times, None, None, "bare NATS request/reply, one connection per responder");
-            // Every responder was asked once more, to warm up.
-            f.messages = Some(MsgsPerStep::of((n * (args.runs + 1)) as u64, before, after));
-            figures.push(f);
+            let mut floor = FloorRuns::start(nats.url(), &varz, n).await?;
+            for _ in 0..args.runs {
+                floor.run().await?;
+            }
+            figures.push(floor.figure("bare NATS request/reply, one connection per responder, no fleet").await);
         }
     }
     let mut agent_idle_rss_mb = None;
@@ -237,39 +238,83 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         let start = cost.now().await?;
         tokio::time::sleep(IDLE_WINDOW).await;
-        let (idle, idle_msgs) = cost.since(start).await?;
+        let idle = cost.now().await?.minus(start);
         let per_s = |x: f64| x / IDLE_WINDOW.as_secs_f64();
         idle_cpu = Some(IdleCost {
             controller_rss_mb: proc_status_kb(std::process::id(), "VmRSS:").unwrap_or(0.0) / 1024.0,
-            controller: per_s(idle.controller_cpu_s),
+            controller: per_s(idle.cpu_s),
             agents: per_s(idle.agents_cpu_s),
             nats: per_s(idle.nats_cpu_s),
-            nats_msgs_in: per_s(idle_msgs.msgs_in),
+            nats_msgs_in: per_s(idle.msgs.in_msgs as f64),
         });
         if has("w1") {
+            // The floor on this fleet's server, while the fleet idles, its runs alternating
+            // with w1's: both see the same server and the same machine (whose speed drifts).
+            // Unless the server cannot take the floor's connections too: then on a server
+            // of its own, still alternating.
+            let mut own_server: Option<(drover_bus::server::ManagedServer, Varz)> = None;
             for &n in &args.nodes {
-                let floor_ms = figures.iter().find(|f| f.workload == "floor" && f.nodes == n).map(|f| f.median_ms);
+                let mut floor = match has("floor") {
+                    false => None,
+                    true if fleet_size + n + FD_HEADROOM <= open_files_limit() => {
+                        Some((FloorRuns::start(nats.url(), &cost.nats, n).await?, "same server as the fleet"))
+                    }
+                    true => {
+                        if own_server.is_none() {
+                            let s = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("floor-nats"))?;
+                            let v = Varz::of(&s)?;
+                            own_server = Some((s, v));
+                        }
+                        let (s, v) = own_server.as_ref().ok_or_else(|| anyhow::anyhow!("no floor server"))?;
+                        let why = "own server (the fleet's has too few open files for both)";
+                        Some((FloorRuns::start(s.url(), v, n).await?, why))
+                    }
+                };
                 // Unmeasured, as the floor's first request to each responder: the first
                 // job on a fresh fleet was a third slower than the next ones.
-                w1(&client, &js, n, 1, None).await?;
-                let start = cost.now().await?;
-                let mut f = w1(&client, &js, n, args.runs, floor_ms).await?;
-                f.measured(cost.since(start).await?);
+                W1Runs::new(n).run(&client, &js).await?;
+                let mut runs = W1Runs::new(n);
+                cost.reset_peak_rss();
+                let mut spent = Spent::default();
+                for _ in 0..args.runs {
+                    if let Some((f, _)) = floor.as_mut() {
+                        f.run().await?;
+                    }
+                    let start = cost.now().await?;
+                    runs.run(&client, &js).await?;
+                    spent = spent.plus(cost.now().await?.minus(start));
+                }
+                let floor_ms = match floor {
+                    Some((f, server)) => {
+                        let note = format!(
+                            "bare NATS request/reply, one connection per responder, {server}, runs alternating with w1"
+                        );
+                        let f = f.figure(&note).await;
+                        let ms = f.median_ms;
+                        figures.push(f);
+                        Some(ms)
+                    }
+                    None => None,
+                };
+                let mut f = runs.figure(floor_ms);
+                f.measured(cost.report(spent));
                 figures.push(f);
             }
         }
         if has("w2") {
             w2(&client, &out, 1).await?;
+            cost.reset_peak_rss();
             let start = cost.now().await?;
             let mut f = w2(&client, &out, args.runs).await?;
-            f.measured(cost.since(start).await?);
+            f.measured(cost.report(cost.now().await?.minus(start)));
             figures.push(f);
         }
         if has("w3") {
             w3(&client, &out.join("warm-up"), 1).await?;
+            cost.reset_peak_rss();
             let start = cost.now().await?;
             let mut f = w3(&client, &out, args.runs).await?;
-            f.measured(cost.since(start).await?);
+            f.measured(cost.report(cost.now().await?.minus(start)));
             figures.push(f);
         }
         hosts.stop();
@@ -405,8 +450,10 @@ struct Cost<'a> {
     nats: Varz,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct CostMark {
+/// Counters of the processes and the server: read at a moment ([`Cost::now`]), or what
+/// they grew by between two moments ([`Spent::minus`]), summed over runs ([`Spent::plus`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
     cpu_s: f64,
     agents_cpu_s: f64,
     nats_cpu_s: f64,
@@ -415,12 +462,49 @@ struct CostMark {
     msgs: Msgs,
 }
 
+impl Spent {
+    fn minus(self, earlier: Spent) -> Spent {
+        Spent {
+            cpu_s: self.cpu_s - earlier.cpu_s,
+            agents_cpu_s: (self.agents_cpu_s - earlier.agents_cpu_s).max(0.0),
+            nats_cpu_s: self.nats_cpu_s - earlier.nats_cpu_s,
+            engine_s: self.engine_s - earlier.engine_s,
+            commands: self.commands.saturating_sub(earlier.commands),
+            msgs: self.msgs.minus(earlier.msgs),
+        }
+    }
+
+    fn plus(self, other: Spent) -> Spent {
+        Spent {
+            cpu_s: self.cpu_s + other.cpu_s,
+            agents_cpu_s: self.agents_cpu_s + other.agents_cpu_s,
+            nats_cpu_s: self.nats_cpu_s + other.nats_cpu_s,
+            engine_s: self.engine_s + other.engine_s,
+            commands: self.commands + other.commands,
+            msgs: self.msgs.plus(other.msgs),
+        }
+    }
+}
+
 /// Messages a nats-server has received from its clients (`in`) and delivered to them
 /// (`out`), from its monitoring endpoint's `/varz`.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 struct Msgs {
     in_msgs: u64,
     out_msgs: u64,
+}
+
+impl Msgs {
+    fn minus(self, earlier: Msgs) -> Msgs {
+        Msgs {
+            in_msgs: self.in_msgs.saturating_sub(earlier.in_msgs),
+            out_msgs: self.out_msgs.saturating_sub(earlier.out_msgs),
+        }
+    }
+
+    fn plus(self, other: Msgs) -> Msgs {
+        Msgs { in_msgs: self.in_msgs + other.in_msgs, out_msgs: self.out_msgs + other.out_msgs }
+    }
 }
 
 /// Reads a managed server's message counters.
@@ -452,13 +536,10 @@ struct MsgsPerStep {
 }
 
 impl MsgsPerStep {
-    fn of(node_steps: u64, before: Msgs, after: Msgs) -> MsgsPerStep {
-        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / node_steps.max(1) as f64;
-        MsgsPerStep {
-            node_steps,
-            msgs_in: per(after.in_msgs, before.in_msgs),
-            msgs_out: per(after.out_msgs, before.out_msgs),
-        }
+    /// `msgs`: what the server counted over the node-steps.
+    fn of(node_steps: u64, msgs: Msgs) -> MsgsPerStep {
+        let per = |m: u64| m as f64 / node_steps.max(1) as f64;
+        MsgsPerStep { node_steps, msgs_in: per(msgs.in_msgs), msgs_out: per(msgs.out_msgs) }
     }
 
     fn show(&self) -> String {
@@ -483,11 +564,10 @@ struct WorkloadCost {
 }
 
 impl Cost<'_> {
-    /// Start measuring (resets this process's peak RSS where the kernel allows).
-    async fn now(&self) -> anyhow::Result<CostMark> {
+    /// The counters now.
+    async fn now(&self) -> anyhow::Result<Spent> {
         let msgs = self.nats.read().await?;
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        Ok(CostMark {
+        Ok(Spent {
             cpu_s: process_cost().0,
             agents_cpu_s: self.hosts.cpu_s(),
             nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0),
@@ -497,20 +577,23 @@ impl Cost<'_> {
         })
     }
 
-    /// What was spent since `m`, and the NATS messages per node-step.
-    async fn since(&self, m: CostMark) -> anyhow::Result<(WorkloadCost, MsgsPerStep)> {
-        let msgs = self.nats.read().await?;
-        let cpu = process_cost().0 - m.cpu_s;
-        let engine = self.controller.engine_seconds() - m.engine_s;
+    /// Start a workload's peak memory from here (where the kernel allows).
+    fn reset_peak_rss(&self) {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    /// A workload's cost from what its runs spent, with this process's peak memory since
+    /// [`Cost::reset_peak_rss`], and its NATS messages per node-step.
+    fn report(&self, spent: Spent) -> (WorkloadCost, MsgsPerStep) {
         let cost = WorkloadCost {
-            controller_cpu_s: cpu,
+            controller_cpu_s: spent.cpu_s,
             controller_peak_rss_mb: proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0.0) / 1024.0,
-            engine_cpu_s: engine,
-            engine_share: if cpu > 0.0 { engine / cpu } else { 0.0 },
-            agents_cpu_s: (self.hosts.cpu_s() - m.agents_cpu_s).max(0.0),
-            nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0) - m.nats_cpu_s,
+            engine_cpu_s: spent.engine_s,
+            engine_share: if spent.cpu_s > 0.0 { spent.engine_s / spent.cpu_s } else { 0.0 },
+            agents_cpu_s: spent.agents_cpu_s,
+            nats_cpu_s: spent.nats_cpu_s,
         };
-        Ok((cost, MsgsPerStep::of(self.controller.commands_sent() - m.commands, m.msgs, msgs)))
+        (cost, MsgsPerStep::of(spent.commands, spent.msgs))
     }
 }
 
@@ -614,21 +697,122 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Run [`floor`] in a `drover bench-floor` child process: its `n` client connections
-/// (buffers the allocator keeps after they close) would otherwise count in the resident
-/// memory measured for the controller, which runs in this process. At 10,000 nodes they
-/// made it look like 370 MB at idle instead of about 80.
-async fn floor_in_child(url: &str, n: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let out = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("bench-floor")
-        .args(["--nats-url", url, "--nodes", &n.to_string(), "--runs", &runs.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    anyhow::ensure!(out.status.success(), "the floor process (bench-floor) failed: {}", out.status);
-    Ok(serde_json::from_slice(&out.stdout)?)
+/// A `drover bench-floor` child process, asked for one fan-out at a time. In a process of
+/// its own, its `n` client connections (buffers the allocator keeps after they close) do
+/// not count in the resident memory measured for the controller, which runs in this
+/// process: at 10,000 nodes they made it look like 370 MB at idle instead of about 80.
+struct FloorProcess {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl FloorProcess {
+    /// Start it and wait until every responder has answered once.
+    async fn start(url: &str, n: usize) -> anyhow::Result<FloorProcess> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("bench-floor")
+            .args(["--nats-url", url, "--nodes", &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("the floor process (bench-floor) has no standard input or output");
+        };
+        let mut p = FloorProcess { child, stdin, stdout: tokio::io::BufReader::new(stdout).lines() };
+        let ready = p.line(Duration::from_secs(60 + n as u64 / 50)).await?;
+        anyhow::ensure!(
+            ready == FLOOR_READY,
+            "the floor process (bench-floor) said {ready:?} instead of {FLOOR_READY:?}"
+        );
+        Ok(p)
+    }
+
+    /// One fan-out: its time in ms.
+    async fn run(&mut self) -> anyhow::Result<f64> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(FLOOR_RUN.as_bytes()).await?;
+        self.stdin.write_all(b"\n").await?;
+        self.stdin.flush().await?;
+        let line = self.line(Duration::from_secs(120)).await?;
+        line.parse().map_err(|_| anyhow::anyhow!("the floor process (bench-floor) answered {line:?}, not a time in ms"))
+    }
+
+    async fn line(&mut self, limit: Duration) -> anyhow::Result<String> {
+        match tokio::time::timeout(limit, self.stdout.next_line()).await {
+            Err(_) => anyhow::bail!("the floor process (bench-floor) did not answer within {limit:?}"),
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => anyhow::bail!("the floor process (bench-floor) ended: {:?}", self.child.try_wait()),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Close its input, which ends it (killed if it does not end within 10 s).
+    async fn stop(self) {
+        let FloorProcess { mut child, stdin, stdout } = self;
+        drop(stdin);
+        drop(stdout);
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// What `drover bench-floor` prints once its responders are up, and the request for one
+/// fan-out (a line each).
+const FLOOR_READY: &str = "ready";
+const FLOOR_RUN: &str = "run";
+
+/// The floor's runs at one size, with the messages its server counted during them.
+struct FloorRuns<'a> {
+    process: FloorProcess,
+    varz: &'a Varz,
+    n: usize,
+    times: Vec<f64>,
+    msgs: Msgs,
+}
+
+impl FloorRuns<'_> {
+    async fn start<'a>(url: &str, varz: &'a Varz, n: usize) -> anyhow::Result<FloorRuns<'a>> {
+        Ok(FloorRuns { process: FloorProcess::start(url, n).await?, varz, n, times: Vec::new(), msgs: Msgs::default() })
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let before = self.varz.read().await?;
+        self.times.push(self.process.run().await?);
+        self.msgs = self.msgs.plus(self.varz.read().await?.minus(before));
+        Ok(())
+    }
+
+    /// Its figure (the process is stopped): messages per request over the measured runs
+    /// (on a fleet's server, with what the idle fleet sent meanwhile).
+    async fn figure(self, note: &str) -> Figure {
+        self.process.stop().await;
+        let mut f = figure("floor", self.n, &self.times, None, None, note);
+        f.messages = Some(MsgsPerStep::of((self.n * self.times.len()) as u64, self.msgs));
+        f
+    }
+}
+
+/// What the bench leaves free of the open files the nats-server may hold (its inherited
+/// limit, ours) besides one connection per agent and per floor responder: its store's
+/// files, the controller's and the bench's connections.
+const FD_HEADROOM: usize = 1_000;
+
+/// The soft limit on open files of this process, which the nats-server it starts inherits.
+fn open_files_limit() -> usize {
+    // SAFETY: getrlimit fills the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            0
+        }
+    }
 }
 
 /// `drover bench-floor` (hidden): the floor's responders and driver, alone in a process.
@@ -638,8 +822,6 @@ pub struct BenchFloorArgs {
     pub nats_url: String,
     #[arg(long)]
     pub nodes: usize,
-    #[arg(long)]
-    pub runs: usize,
 }
 
 /// Take the whole open-file allowance (the soft limit up to the hard one).
@@ -654,16 +836,14 @@ fn raise_fd_limit() {
     }
 }
 
-/// Print the floor's times (ms, one per run) as a JSON array.
+/// Start the responders, print `ready` once each has answered, then fan out once per
+/// `run` line on standard input and print each fan-out's time in ms; end at end of input.
 pub fn run_floor(args: BenchFloorArgs) -> Exit {
     // One connection per responder.
     raise_fd_limit();
     super::block_on_runtime(async move {
-        match floor(&args.nats_url, args.nodes, args.runs).await {
-            Ok(times) => {
-                println!("{}", serde_json::Value::from(times));
-                Exit::Success
-            }
+        match serve_floor(&args.nats_url, args.nodes).await {
+            Ok(()) => Exit::Success,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 Exit::Error
@@ -672,47 +852,85 @@ pub fn run_floor(args: BenchFloorArgs) -> Exit {
     })
 }
 
-/// Fan out one small request to `n` responders (each on its own connection) and wait for
-/// every reply; `runs` times.
-async fn floor(url: &str, n: usize, runs: usize) -> anyhow::Result<Vec<f64>> {
-    use futures::StreamExt;
-    let mut responders = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = drover_bus::connect(url, &format!("floor-{i}")).await?;
-        let mut sub = c.subscribe(format!("bench.floor.{i}")).await?;
-        let replier = c.clone();
-        responders.push(tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = replier.publish(reply, "ok".into()).await;
-                }
+async fn serve_floor(url: &str, n: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let floor = Floor::start(url, n).await?;
+    let say = |line: &str| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()
+    };
+    say(FLOOR_READY)?;
+    // Standard input is read on a thread of its own (a blocking read).
+    let (tx, mut requests) = tokio::sync::mpsc::channel::<String>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
             }
-        }));
-        // One round trip on the responder's own connection: it is subscribed for sure.
-        c.flush().await?;
-    }
-    let client = drover_bus::connect(url, "floor-driver").await?;
-    // Warm up (and wait until every responder answers).
-    for i in 0..n {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while client.request(format!("bench.floor.{i}"), "w".into()).await.is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "floor responder {i} never answered");
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    });
+    while let Some(request) = requests.recv().await {
+        anyhow::ensure!(request.trim() == FLOOR_RUN, "unknown request {request:?} (expected {FLOOR_RUN:?})");
+        say(&floor.fan_out().await?.to_string())?;
     }
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
+    floor.stop();
+    Ok(())
+}
+
+/// `n` responders, each on its own connection, and the driver that asks them all at once.
+struct Floor {
+    client: async_nats::Client,
+    responders: Vec<tokio::task::JoinHandle<()>>,
+    n: usize,
+}
+
+impl Floor {
+    /// Start the responders and ask each once (which waits until it answers).
+    async fn start(url: &str, n: usize) -> anyhow::Result<Floor> {
+        use futures::StreamExt;
+        let mut responders = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = drover_bus::connect(url, &format!("floor-{i}")).await?;
+            let mut sub = c.subscribe(format!("bench.floor.{i}")).await?;
+            let replier = c.clone();
+            responders.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    if let Some(reply) = m.reply {
+                        let _ = replier.publish(reply, "ok".into()).await;
+                    }
+                }
+            }));
+            // One round trip on the responder's own connection: it is subscribed for sure.
+            c.flush().await?;
+        }
+        let client = drover_bus::connect(url, "floor-driver").await?;
+        for i in 0..n {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while client.request(format!("bench.floor.{i}"), "w".into()).await.is_err() {
+                anyhow::ensure!(Instant::now() < deadline, "floor responder {i} never answered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(Floor { client, responders, n })
+    }
+
+    /// One small request to every responder at once; the time until every reply is in, in ms.
+    async fn fan_out(&self) -> anyhow::Result<f64> {
         let started = Instant::now();
-        let requests = (0..n).map(|i| client.request(format!("bench.floor.{i}"), "x".into()));
+        let requests = (0..self.n).map(|i| self.client.request(format!("bench.floor.{i}"), "x".into()));
         for r in futures::future::join_all(requests).await {
             r?;
         }
-        times.push(ms(started.elapsed()));
+        Ok(ms(started.elapsed()))
     }
-    for r in responders {
-        r.abort();
+
+    fn stop(self) {
+        for r in self.responders {
+            r.abort();
+        }
     }
-    Ok(times)
 }
 
 fn nodes(n: usize) -> Vec<String> {
@@ -759,24 +977,31 @@ fn job_ms(v: &JobView) -> f64 {
     v.report.finished_at_ms.unwrap_or(v.created_at_ms).saturating_sub(v.created_at_ms) as f64
 }
 
-async fn w1(
-    client: &Client,
-    js: &async_nats::jetstream::Context,
+/// W1 at one size: one `echo` step on `n` nodes at once, a run at a time.
+struct W1Runs {
     n: usize,
-    runs: usize,
-    floor_ms: Option<f64>,
-) -> anyhow::Result<Figure> {
-    let plan = serde_json::json!({
-        "name": format!("bench-w1-{n}"),
-        "targets": { "nodes": nodes(n) },
-        "steps": [{ "name": "echo", "action": "echo", "with": { "message": "hi" } }],
-    });
-    let names = drover_core::wire::Names::default();
-    let (mut times, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let v = run_job(client, plan.clone(), Duration::from_secs(300)).await?;
+    plan: serde_json::Value,
+    times: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+}
+
+impl W1Runs {
+    fn new(n: usize) -> W1Runs {
+        let plan = serde_json::json!({
+            "name": format!("bench-w1-{n}"),
+            "targets": { "nodes": nodes(n) },
+            "steps": [{ "name": "echo", "action": "echo", "with": { "message": "hi" } }],
+        });
+        W1Runs { n, plan, times: Vec::new(), p50s: Vec::new(), p99s: Vec::new() }
+    }
+
+    /// One job: its time, and its nodes' latencies from its progress events.
+    async fn run(&mut self, client: &Client, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+        let v = run_job(client, self.plan.clone(), Duration::from_secs(300)).await?;
         anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w1 job ended {}{}", v.report.status, why(&v));
-        times.push(job_ms(&v));
+        self.times.push(job_ms(&v));
+        let names = drover_core::wire::Names::default();
         let events = drover_bus::read_all(js, &names.events_stream(), &names.job_progress(&v.report.job_id)).await?;
         let mut started: BTreeMap<String, u64> = BTreeMap::new();
         let mut lat = Vec::new();
@@ -797,16 +1022,21 @@ async fn w1(
         }
         lat.sort_by(f64::total_cmp);
         if !lat.is_empty() {
-            p50s.push(lat[lat.len() / 2]);
-            p99s.push(lat[((lat.len() * 99) / 100).min(lat.len() - 1)]);
+            self.p50s.push(lat[lat.len() / 2]);
+            self.p99s.push(lat[((lat.len() * 99) / 100).min(lat.len() - 1)]);
         }
+        Ok(())
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
-    let lat = med(&mut p50s).zip(med(&mut p99s));
-    Ok(figure("w1", n, &times, floor_ms, lat, "one echo step on every node at once"))
+
+    /// The figure over the runs so far, against `floor_ms`.
+    fn figure(mut self, floor_ms: Option<f64>) -> Figure {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let lat = med(&mut self.p50s).zip(med(&mut self.p99s));
+        figure("w1", self.n, &self.times, floor_ms, lat, "one echo step on every node at once")
+    }
 }
 
 async fn w2(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> {
