@@ -199,6 +199,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let mut agent_idle_rss_mb = None;
     let mut idle_cpu = None;
+    let mut peak_before_resets_mb = 0.0;
     if fleet_size > 0 {
         eprintln!("starting nats-server, a controller and {fleet_size} agents...");
         let nats = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("nats"))?;
@@ -225,7 +226,13 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         agent_idle_rss_mb = idle_agent_rss(nats.url(), &controller, dir.path()).await?;
         let client = Client::new(&controller.url())?;
         let js = async_nats::jetstream::new(drover_bus::connect(nats.url(), "drover-bench").await?);
-        let cost = Cost { controller: &controller, hosts: &hosts, nats_pid: nats.pid(), nats: Varz::of(&nats)? };
+        let cost = Cost {
+            controller: &controller,
+            hosts: &hosts,
+            nats_pid: nats.pid(),
+            nats: Varz::of(&nats)?,
+            peak_before_resets_mb: std::cell::Cell::new(0.0),
+        };
         // What the idle fleet costs (heartbeats), per second. Past 1,000 agents they beat
         // less often than every 2 s, each once it has counted the whole fleet: when it
         // starts, or else at its 30th beat, at most 60 s after the last one came online
@@ -317,10 +324,14 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
             f.measured(cost.report(cost.now().await?.minus(start)));
             figures.push(f);
         }
+        peak_before_resets_mb = cost.peak_before_resets_mb.get();
         hosts.stop();
         controller.shutdown().await;
     }
     let (cpu, rss) = process_cost();
+    // The kernel's high-water mark was reset at the start of each workload: the whole
+    // bench's peak is the largest of what came before the last reset and after it.
+    let rss = rss.max(peak_before_resets_mb);
     Ok(Report {
         figures,
         process_cpu_s: cpu,
@@ -448,6 +459,8 @@ struct Cost<'a> {
     hosts: &'a AgentHosts,
     nats_pid: Option<u32>,
     nats: Varz,
+    /// This process's peak resident memory before the last [`Cost::reset_peak_rss`].
+    peak_before_resets_mb: std::cell::Cell<f64>,
 }
 
 /// Counters of the processes and the server: read at a moment ([`Cost::now`]), or what
@@ -577,8 +590,11 @@ impl Cost<'_> {
         })
     }
 
-    /// Start a workload's peak memory from here (where the kernel allows).
+    /// Start a workload's peak memory from here (where the kernel allows), keeping the
+    /// peak so far.
     fn reset_peak_rss(&self) {
+        let peak = proc_status_kb(std::process::id(), "VmHWM:").unwrap_or(0.0) / 1024.0;
+        self.peak_before_resets_mb.set(self.peak_before_resets_mb.get().max(peak));
         let _ = std::fs::write("/proc/self/clear_refs", "5");
     }
 
