@@ -6,9 +6,10 @@
 //! client. The controller's CPU and memory are this process's; the agents' are measured
 //! apart, and one real idle `drover agent` process gives the agent's own footprint.
 //! Workloads:
-//! - `w1`: one `echo` step on N nodes at once (N from `--nodes`): submit to finish, and
-//!   per node the time from the job's start to its result being applied (p50, p99), from
-//!   the job's progress events;
+//! - `w1`: one `echo` step on N nodes at once (N from `--nodes`): from submit to the last
+//!   result stored (the job's final progress event, written with it, seen from the
+//!   nats-server), and per node the time from the job's start to its result being applied
+//!   (p50, p99), from the job's progress events;
 //! - `floor`: the same fan-out as bare NATS request/reply to N responders, each on its
 //!   own connection, without drover: on the fleet's server while the fleet idles, its runs
 //!   alternating with w1's (on a server of its own when the fleet's cannot take that many
@@ -224,8 +225,9 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         eprintln!("{fleet_size} agents online in {} processes", hosts.children.len());
         agent_idle_rss_mb = idle_agent_rss(nats.url(), &controller, dir.path()).await?;
-        let client = Client::new(&controller.url())?;
-        let js = async_nats::jetstream::new(drover_bus::connect(nats.url(), "drover-bench").await?);
+        let bench_nats = drover_bus::connect(nats.url(), "drover-bench").await?;
+        let jobs = Jobs { client: Client::new(&controller.url())?, finished: FinishWatch::start(&bench_nats).await? };
+        let js = async_nats::jetstream::new(bench_nats);
         let cost = Cost {
             controller: &controller,
             hosts: &hosts,
@@ -279,7 +281,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
                 };
                 // Unmeasured, as the floor's first request to each responder: the first
                 // job on a fresh fleet was a third slower than the next ones.
-                W1Runs::new(n).run(&client, &js).await?;
+                W1Runs::new(n).run(&jobs, &js).await?;
                 let mut runs = W1Runs::new(n);
                 cost.reset_peak_rss();
                 let mut spent = Spent::default();
@@ -288,7 +290,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
                         f.run().await?;
                     }
                     let start = cost.now().await?;
-                    runs.run(&client, &js).await?;
+                    runs.run(&jobs, &js).await?;
                     spent = spent.plus(cost.now().await?.minus(start));
                 }
                 let floor_ms = match floor {
@@ -309,18 +311,18 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
             }
         }
         if has("w2") {
-            w2(&client, &out, 1).await?;
+            w2(&jobs, &out, 1).await?;
             cost.reset_peak_rss();
             let start = cost.now().await?;
-            let mut f = w2(&client, &out, args.runs).await?;
+            let mut f = w2(&jobs, &out, args.runs).await?;
             f.measured(cost.report(cost.now().await?.minus(start)));
             figures.push(f);
         }
         if has("w3") {
-            w3(&client, &out.join("warm-up"), 1).await?;
+            w3(&jobs, &out.join("warm-up"), 1).await?;
             cost.reset_peak_rss();
             let start = cost.now().await?;
-            let mut f = w3(&client, &out, args.runs).await?;
+            let mut f = w3(&jobs, &out, args.runs).await?;
             f.measured(cost.report(cost.now().await?.minus(start)));
             figures.push(f);
         }
@@ -953,22 +955,93 @@ fn nodes(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("local-{i}")).collect()
 }
 
-/// Submit a plan (JSON) and wait until the job is final.
-async fn run_job(client: &Client, plan: serde_json::Value, limit: Duration) -> anyhow::Result<JobView> {
-    let text = PlanText::new("bench", plan.to_string());
-    let submitted = client.submit(&text).await?;
-    let id = submitted.report.job_id.clone();
-    let deadline = Instant::now() + limit;
-    loop {
-        // Poll the listing (a line per job), not the job (a report of every node): at
-        // 10,000 nodes the full view every 10 ms would be most of the controller's work.
-        // Bench jobs run one at a time, so this one is the newest.
-        let newest = client.jobs(None, Some(1), None).await?;
-        if newest.jobs.first().is_some_and(|j| j.id == id && j.status.is_final()) {
-            return Ok(client.job(&id).await?);
+/// Runs bench jobs through the controller's API, and times each from its submission to
+/// its last result stored.
+struct Jobs {
+    client: Client,
+    finished: FinishWatch,
+}
+
+impl Jobs {
+    /// Submit a plan (JSON), wait until the job is final, and return its view and its time
+    /// in ms: from when the controller took the submission (its clock) to when the job's
+    /// `job_finished` progress event, written in the same round as its last result,
+    /// reached this process from the nats-server (this machine's clock).
+    async fn run(&self, plan: serde_json::Value, limit: Duration) -> anyhow::Result<(JobView, f64)> {
+        let text = PlanText::new("bench", plan.to_string());
+        let submitted = self.client.submit(&text).await?;
+        let id = submitted.report.job_id.clone();
+        let deadline = Instant::now() + limit;
+        loop {
+            // Poll the listing (a line per job), not the job (a report of every node): at
+            // 10,000 nodes the full view every 10 ms would be most of the controller's work.
+            // Bench jobs run one at a time, so this one is the newest.
+            let newest = self.client.jobs(None, Some(1), None).await?;
+            if newest.jobs.first().is_some_and(|j| j.id == id && j.status.is_final()) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "job {id} not finished within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        anyhow::ensure!(Instant::now() < deadline, "job {id} not finished within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let view = self.client.job(&id).await?;
+        let stored_ms = self.finished.at_ms(&id, Duration::from_secs(10)).await?;
+        let ms = stored_ms.saturating_sub(view.created_at_ms) as f64;
+        Ok((view, ms))
+    }
+}
+
+/// When each job's `job_finished` progress event reached this process: a subscription to
+/// every job's progress subject, taken before any job is submitted.
+struct FinishWatch {
+    seen: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FinishWatch {
+    async fn start(nats: &async_nats::Client) -> anyhow::Result<FinishWatch> {
+        use futures::StreamExt;
+        let mut sub = nats.subscribe(drover_core::wire::Names::default().job_progress("*")).await?;
+        // The server has the subscription before anything is submitted.
+        nats.flush().await?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let at = drover_bus::now_ms();
+                // A job's last event is the last line of its last progress message.
+                let last = drover_core::wire::split_lines(&m.payload).last().unwrap_or_default();
+                let pattern = br#""kind":"job_finished""#;
+                if !last.windows(pattern.len()).any(|w| w == pattern) {
+                    continue;
+                }
+                // `<prefix>.event.<job>.progress`
+                if let Some(job) = m.subject.rsplit('.').nth(1) {
+                    record.lock().unwrap_or_else(|e| e.into_inner()).insert(job.to_string(), at);
+                }
+            }
+        });
+        Ok(FinishWatch { seen, task })
+    }
+
+    /// When `job`'s `job_finished` event came, waiting up to `limit` for it.
+    async fn at_ms(&self, job: &str, limit: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(job) {
+                return Ok(at);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "job {job}: no job_finished progress event seen within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for FinishWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -986,11 +1059,6 @@ fn why(v: &JobView) -> String {
         })
         .collect();
     format!(": {}; {}", v.report.reason.as_deref().unwrap_or("no reason given"), failed.join(" | "))
-}
-
-/// Submit-to-finish on the controller's clock.
-fn job_ms(v: &JobView) -> f64 {
-    v.report.finished_at_ms.unwrap_or(v.created_at_ms).saturating_sub(v.created_at_ms) as f64
 }
 
 /// W1 at one size: one `echo` step on `n` nodes at once, a run at a time.
@@ -1013,10 +1081,10 @@ impl W1Runs {
     }
 
     /// One job: its time, and its nodes' latencies from its progress events.
-    async fn run(&mut self, client: &Client, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-        let v = run_job(client, self.plan.clone(), Duration::from_secs(300)).await?;
+    async fn run(&mut self, jobs: &Jobs, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+        let (v, ms) = jobs.run(self.plan.clone(), Duration::from_secs(300)).await?;
         anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w1 job ended {}{}", v.report.status, why(&v));
-        self.times.push(job_ms(&v));
+        self.times.push(ms);
         let names = drover_core::wire::Names::default();
         let events = drover_bus::read_all(js, &names.events_stream(), &names.job_progress(&v.report.job_id)).await?;
         let mut started: BTreeMap<String, u64> = BTreeMap::new();
@@ -1055,7 +1123,7 @@ impl W1Runs {
     }
 }
 
-async fn w2(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> {
+async fn w2(jobs: &Jobs, out: &Path, runs: usize) -> anyhow::Result<Figure> {
     std::fs::create_dir_all(out)?;
     let plan = serde_json::json!({
         "name": "bench-w2",
@@ -1070,14 +1138,14 @@ async fn w2(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> 
     });
     let mut times = Vec::new();
     for _ in 0..runs {
-        let v = run_job(client, plan.clone(), Duration::from_secs(300)).await?;
+        let (v, ms) = jobs.run(plan.clone(), Duration::from_secs(300)).await?;
         anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w2 job ended {}{}", v.report.status, why(&v));
-        times.push(job_ms(&v));
+        times.push(ms);
     }
     Ok(figure("w2", 100, &times, Some(1000.0), None, "3 steps, lockstep batches of 10; floor = 10 x 100 ms sleeps"))
 }
 
-async fn w3(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> {
+async fn w3(jobs: &Jobs, out: &Path, runs: usize) -> anyhow::Result<Figure> {
     let mut times = Vec::new();
     for run in 0..runs {
         // Every node writes into a directory of its own; nodes 7, 8 and 9 have none, so
@@ -1096,9 +1164,9 @@ async fn w3(client: &Client, out: &Path, runs: usize) -> anyhow::Result<Figure> 
                 { "name": "check", "action": "test.succeed" },
             ],
         });
-        let v = run_job(client, plan, Duration::from_secs(300)).await?;
+        let (v, ms) = jobs.run(plan, Duration::from_secs(300)).await?;
         check_w3(&v, &base)?;
-        times.push(job_ms(&v));
+        times.push(ms);
     }
     Ok(figure("w3", 20, &times, None, None, "batches of 5, nodes 7-9 fail, budget 1, rollback: outcomes checked"))
 }
