@@ -34,6 +34,9 @@ fn bench_runs_its_workloads_and_reports_json() {
     assert_eq!(floor_msgs["node_steps"].as_u64(), Some(3), "3 requests, the warm-up not counted: {floor_msgs}");
     let floor_in = floor_msgs["msgs_in"].as_f64().unwrap();
     assert!((2.0..3.5).contains(&floor_in), "{floor_msgs}");
+    // What the floor cost: its process and its server.
+    assert!(floor["floor_cost"]["process_cpu_s"].as_f64().is_some_and(|s| s >= 0.0), "{floor}");
+    assert!(floor["floor_cost"]["nats_cpu_s"].as_f64().is_some_and(|s| s >= 0.0), "{floor}");
     let w1_msgs = &w1["messages"];
     assert_eq!(w1_msgs["node_steps"].as_u64(), Some(3), "{w1_msgs}");
     assert!(w1_msgs["msgs_in"].as_f64().unwrap() >= 2.0, "{w1_msgs}");

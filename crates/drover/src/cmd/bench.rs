@@ -86,6 +86,9 @@ struct Figure {
     /// NATS messages per node-step (for the floor: per request), over all its runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     messages: Option<MsgsPerStep>,
+    /// What the floor's runs cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floor_cost: Option<FloorCost>,
 }
 
 impl Figure {
@@ -191,7 +194,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         let nats = drover_bus::server::ManagedServer::start_monitored(&dir.path().join("floor-nats"))?;
         let varz = Varz::of(&nats)?;
         for &n in &args.nodes {
-            let mut floor = FloorRuns::start(nats.url(), &varz, n).await?;
+            let mut floor = FloorRuns::start(&nats, &varz, n).await?;
             for _ in 0..args.runs {
                 floor.run().await?;
             }
@@ -266,7 +269,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
                 let mut floor = match has("floor") {
                     false => None,
                     true if fleet_size + n + FD_HEADROOM <= open_files_limit() => {
-                        Some((FloorRuns::start(nats.url(), &cost.nats, n).await?, "same server as the fleet"))
+                        Some((FloorRuns::start(&nats, &cost.nats, n).await?, "same server as the fleet"))
                     }
                     true => {
                         if own_server.is_none() {
@@ -276,12 +279,12 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
                         }
                         let (s, v) = own_server.as_ref().ok_or_else(|| anyhow::anyhow!("no floor server"))?;
                         let why = "own server (the fleet's has too few open files for both)";
-                        Some((FloorRuns::start(s.url(), v, n).await?, why))
+                        Some((FloorRuns::start(s, v, n).await?, why))
                     }
                 };
                 // Unmeasured, as the floor's first request to each responder: the first
                 // job on a fresh fleet was a third slower than the next ones.
-                W1Runs::new(n).run(&jobs, &js).await?;
+                W1Runs::new(n).run(&jobs, &js, &cost).await?;
                 let mut runs = W1Runs::new(n);
                 cost.reset_peak_rss();
                 let mut spent = Spent::default();
@@ -289,9 +292,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
                     if let Some((f, _)) = floor.as_mut() {
                         f.run().await?;
                     }
-                    let start = cost.now().await?;
-                    runs.run(&jobs, &js).await?;
-                    spent = spent.plus(cost.now().await?.minus(start));
+                    spent = spent.plus(runs.run(&jobs, &js, &cost).await?);
                 }
                 let floor_ms = match floor {
                     Some((f, server)) => {
@@ -708,6 +709,7 @@ fn figure(
         note: note.to_string(),
         cost: None,
         messages: None,
+        floor_cost: None,
     }
 }
 
@@ -787,20 +789,46 @@ const FLOOR_RUN: &str = "run";
 /// The floor's runs at one size, with the messages its server counted during them.
 struct FloorRuns<'a> {
     process: FloorProcess,
+    server: &'a drover_bus::server::ManagedServer,
     varz: &'a Varz,
     n: usize,
     times: Vec<f64>,
     msgs: Msgs,
+    cost: FloorCost,
+}
+
+/// CPU seconds of the floor's runs (all of them).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct FloorCost {
+    /// The `drover bench-floor` process: its responders and its driver.
+    process_cpu_s: f64,
+    /// The nats-server (on a fleet's server, with what the idle fleet cost it meanwhile).
+    nats_cpu_s: f64,
 }
 
 impl FloorRuns<'_> {
-    async fn start<'a>(url: &str, varz: &'a Varz, n: usize) -> anyhow::Result<FloorRuns<'a>> {
-        Ok(FloorRuns { process: FloorProcess::start(url, n).await?, varz, n, times: Vec::new(), msgs: Msgs::default() })
+    async fn start<'a>(
+        server: &'a drover_bus::server::ManagedServer,
+        varz: &'a Varz,
+        n: usize,
+    ) -> anyhow::Result<FloorRuns<'a>> {
+        let process = FloorProcess::start(server.url(), n).await?;
+        Ok(FloorRuns { process, server, varz, n, times: Vec::new(), msgs: Msgs::default(), cost: FloorCost::default() })
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
+        let pids = (self.process.child.id(), self.server.pid());
+        let cpu = || {
+            let of = |pid: Option<u32>| pid.map(proc_cpu_s).unwrap_or(0.0);
+            (of(pids.0), of(pids.1))
+        };
         let before = self.varz.read().await?;
-        self.times.push(self.process.run().await?);
+        let (process, nats) = cpu();
+        let ms = self.process.run().await?;
+        let (process_after, nats_after) = cpu();
+        self.times.push(ms);
+        self.cost.process_cpu_s += process_after - process;
+        self.cost.nats_cpu_s += nats_after - nats;
         self.msgs = self.msgs.plus(self.varz.read().await?.minus(before));
         Ok(())
     }
@@ -811,6 +839,7 @@ impl FloorRuns<'_> {
         self.process.stop().await;
         let mut f = figure("floor", self.n, &self.times, None, None, note);
         f.messages = Some(MsgsPerStep::of((self.n * self.times.len()) as u64, self.msgs));
+        f.floor_cost = Some(self.cost);
         f
     }
 }
@@ -968,6 +997,13 @@ impl Jobs {
     /// `job_finished` progress event, written in the same round as its last result,
     /// reached this process from the nats-server (this machine's clock).
     async fn run(&self, plan: serde_json::Value, limit: Duration) -> anyhow::Result<(JobView, f64)> {
+        let (id, created_at_ms, stored_ms) = self.run_timed(plan, limit).await?;
+        Ok((self.client.job(&id).await?, stored_ms.saturating_sub(created_at_ms) as f64))
+    }
+
+    /// [`Jobs::run`] without reading the job's view: its id, when the controller took it
+    /// and when its last result was stored.
+    async fn run_timed(&self, plan: serde_json::Value, limit: Duration) -> anyhow::Result<(String, u64, u64)> {
         let text = PlanText::new("bench", plan.to_string());
         let submitted = self.client.submit(&text).await?;
         let id = submitted.report.job_id.clone();
@@ -983,10 +1019,8 @@ impl Jobs {
             anyhow::ensure!(Instant::now() < deadline, "job {id} not finished within {limit:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let view = self.client.job(&id).await?;
         let stored_ms = self.finished.at_ms(&id, Duration::from_secs(10)).await?;
-        let ms = stored_ms.saturating_sub(view.created_at_ms) as f64;
-        Ok((view, ms))
+        Ok((id, submitted.created_at_ms, stored_ms))
     }
 }
 
@@ -1080,11 +1114,21 @@ impl W1Runs {
         W1Runs { n, plan, times: Vec::new(), p50s: Vec::new(), p99s: Vec::new() }
     }
 
-    /// One job: its time, and its nodes' latencies from its progress events.
-    async fn run(&mut self, jobs: &Jobs, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-        let (v, ms) = jobs.run(self.plan.clone(), Duration::from_secs(300)).await?;
+    /// One job: its time, what it cost (from its submission until it was seen finished:
+    /// not the reading of its view and progress after it), and its nodes' latencies from
+    /// its progress events.
+    async fn run(
+        &mut self,
+        jobs: &Jobs,
+        js: &async_nats::jetstream::Context,
+        cost: &Cost<'_>,
+    ) -> anyhow::Result<Spent> {
+        let start = cost.now().await?;
+        let (id, created_at_ms, stored_ms) = jobs.run_timed(self.plan.clone(), Duration::from_secs(300)).await?;
+        let spent = cost.now().await?.minus(start);
+        let v = jobs.client.job(&id).await?;
         anyhow::ensure!(v.report.status == JobStatus::Succeeded, "w1 job ended {}{}", v.report.status, why(&v));
-        self.times.push(ms);
+        self.times.push(stored_ms.saturating_sub(created_at_ms) as f64);
         let names = drover_core::wire::Names::default();
         let events = drover_bus::read_all(js, &names.events_stream(), &names.job_progress(&v.report.job_id)).await?;
         let mut started: BTreeMap<String, u64> = BTreeMap::new();
@@ -1109,7 +1153,7 @@ impl W1Runs {
             self.p50s.push(lat[lat.len() / 2]);
             self.p99s.push(lat[((lat.len() * 99) / 100).min(lat.len() - 1)]);
         }
-        Ok(())
+        Ok(spent)
     }
 
     /// The figure over the runs so far, against `floor_ms`.
@@ -1244,13 +1288,16 @@ fn print(r: &Report, output: &str) {
             opt(c.map(|c| c.controller_cpu_s), "s"),
             c.map(|c| format!("{:.1}%", c.engine_share * 100.0)).unwrap_or_else(|| "-".into()),
             opt(c.map(|c| c.controller_peak_rss_mb), "MB"),
-            opt(c.map(|c| c.agents_cpu_s), "s"),
-            opt(c.map(|c| c.nats_cpu_s), "s"),
+            opt(c.map(|c| c.agents_cpu_s).or(f.floor_cost.map(|c| c.process_cpu_s)), "s"),
+            opt(c.map(|c| c.nats_cpu_s).or(f.floor_cost.map(|c| c.nats_cpu_s)), "s"),
             f.messages.map(|m| m.show()).unwrap_or_else(|| "-".into()),
             f.note
         );
     }
     println!("MSGS/STEP: NATS messages per node-step (floor: per request), received/delivered by the server");
+    println!(
+        "CPU: over the measured runs, from submit until the job was seen finished; floor: AGENTS CPU is its process (responders and driver)"
+    );
     if let Some(i) = &r.idle_cpu {
         println!(
             "idle fleet, CPU seconds per second: controller {:.2}, agents {:.2}, nats-server {:.2}; nats-server received {:.0} messages/s; controller RSS {:.0} MB",
