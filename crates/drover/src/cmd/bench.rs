@@ -1296,7 +1296,7 @@ fn print(r: &Report, output: &str) {
     }
     println!("MSGS/STEP: NATS messages per node-step (floor: per request), received/delivered by the server");
     println!(
-        "CPU: over the measured runs, from submit until the job was seen finished; floor: AGENTS CPU is its process (responders and driver)"
+        "CPU: over the measured runs (w1: each from submit until the job was seen finished); floor: AGENTS CPU is its process (responders and driver)"
     );
     if let Some(i) = &r.idle_cpu {
         println!(
