@@ -6,8 +6,8 @@
 Each round runs `BIN bench --nodes 1000 --runs 10 --workloads floor,w1 -o json` for each
 binary in turn, so that every build sees the same machine state, and prints w1's median,
 the floor, their ratio and the CPU per run of the controller, the agents and the
-nats-server. It also prints the controller's and the agents' CPU divided by the
-nats-server's: on a machine whose speed drifts (a shared VM), all three move together
+nats-server (and the floor's: its process and its server, from builds that report it).
+It also prints the controller's and the agents' CPU divided by the nats-server's: on a machine whose speed drifts (a shared VM), all three move together
 from bench to bench, while these quotients stay put, so they compare builds that send
 the same messages (not builds that change what goes over NATS). A "binary" can be a wrapper script (e.g. one that sets an environment
 variable). Each bench bounds its own time; this script gives each one 5 minutes.
@@ -33,10 +33,12 @@ def main() -> int:
             c, runs = w1["cost"], w1["runs"]
             per_run = lambda s: s / runs * 1000  # noqa: E731
             total = c["controller_cpu_s"] + c["agents_cpu_s"] + c["nats_cpu_s"]
+            fc = figures["floor"].get("floor_cost")
+            floor_cpu = (fc["process_cpu_s"] + fc["nats_cpu_s"]) / figures["floor"]["runs"] * 1000 if fc else float("nan")
             print(
                 f"{b:40} w1 {w1['median_ms']:6.1f} ms  floor {floor:5.1f} ms  ratio {w1['median_ms'] / floor:4.2f}  "
                 f"CPU per run: controller {per_run(c['controller_cpu_s']):5.1f}  agents {per_run(c['agents_cpu_s']):5.1f}  "
-                f"nats {per_run(c['nats_cpu_s']):5.1f}  total {per_run(total):5.1f} ms  "
+                f"nats {per_run(c['nats_cpu_s']):5.1f}  total {per_run(total):5.1f} ms (floor {floor_cpu:5.1f} ms)  "
                 f"per nats CPU: controller {c['controller_cpu_s'] / c['nats_cpu_s']:4.2f}  "
                 f"agents {c['agents_cpu_s'] / c['nats_cpu_s']:4.2f}",
                 flush=True,
