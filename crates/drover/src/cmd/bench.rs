@@ -180,7 +180,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
     let shm = std::path::Path::new("/dev/shm");
     let agents_tmp = match &args.agent_dir {
         Some(_) => None,
-        None if shm.is_dir() => Some(tempfile::tempdir_in(shm)?),
+        None if shm.is_dir() && fleet_size > 0 => Some(tempfile::tempdir_in(shm)?),
         None => None,
     };
     let agents_dir = args
@@ -341,7 +341,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
         process_peak_rss_mb: rss,
         agent_idle_rss_mb,
         idle_cpu,
-        agent_journals: agents_dir.display().to_string(),
+        agent_journals: if fleet_size > 0 { agents_dir.display().to_string() } else { "nowhere (no fleet)".into() },
     })
 }
 
@@ -586,7 +586,7 @@ impl Cost<'_> {
         Ok(Spent {
             cpu_s: process_cost().0,
             agents_cpu_s: self.hosts.cpu_s(),
-            nats_cpu_s: self.nats_pid.map(proc_cpu_s).unwrap_or(0.0),
+            nats_cpu_s: cpu_s_of(self.nats_pid),
             engine_s: self.controller.engine_seconds(),
             commands: self.controller.commands_sent(),
             msgs,
@@ -621,6 +621,11 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`proc_cpu_s`] of a process whose pid may be unknown (0 then).
+fn cpu_s_of(pid: Option<u32>) -> f64 {
+    pid.map_or(0.0, proc_cpu_s)
 }
 
 /// User + system CPU seconds of a process (its own threads), from `/proc/<pid>/stat`.
@@ -817,18 +822,12 @@ impl FloorRuns<'_> {
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
-        let pids = (self.process.child.id(), self.server.pid());
-        let cpu = || {
-            let of = |pid: Option<u32>| pid.map(proc_cpu_s).unwrap_or(0.0);
-            (of(pids.0), of(pids.1))
-        };
+        let (process, nats) = (self.process.child.id(), self.server.pid());
         let before = self.varz.read().await?;
-        let (process, nats) = cpu();
-        let ms = self.process.run().await?;
-        let (process_after, nats_after) = cpu();
-        self.times.push(ms);
-        self.cost.process_cpu_s += process_after - process;
-        self.cost.nats_cpu_s += nats_after - nats;
+        let cpu_before = (cpu_s_of(process), cpu_s_of(nats));
+        self.times.push(self.process.run().await?);
+        self.cost.process_cpu_s += cpu_s_of(process) - cpu_before.0;
+        self.cost.nats_cpu_s += cpu_s_of(nats) - cpu_before.1;
         self.msgs = self.msgs.plus(self.varz.read().await?.minus(before));
         Ok(())
     }
@@ -849,17 +848,18 @@ impl FloorRuns<'_> {
 /// files, the controller's and the bench's connections.
 const FD_HEADROOM: usize = 1_000;
 
-/// The soft limit on open files of this process, which the nats-server it starts inherits.
-fn open_files_limit() -> usize {
+/// This process's limit on open files (soft, hard).
+fn open_files() -> Option<libc::rlimit> {
     // SAFETY: getrlimit fills the struct we pass.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
-        } else {
-            0
-        }
+        (libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0).then_some(lim)
     }
+}
+
+/// The soft limit on open files of this process, which the nats-server it starts inherits.
+fn open_files_limit() -> usize {
+    open_files().map_or(0, |lim| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
 }
 
 /// `drover bench-floor` (hidden): the floor's responders and driver, alone in a process.
@@ -873,13 +873,10 @@ pub struct BenchFloorArgs {
 
 /// Take the whole open-file allowance (the soft limit up to the hard one).
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if let Some(mut lim) = open_files().filter(|l| l.rlim_cur < l.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we pass.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
 
@@ -1043,7 +1040,8 @@ impl FinishWatch {
             while let Some(m) = sub.next().await {
                 let at = drover_bus::now_ms();
                 // A job's last event is the last line of its last progress message.
-                let last = drover_core::wire::split_lines(&m.payload).last().unwrap_or_default();
+                let last = m.payload.rsplit(|b| *b == b'\n').find(|l| !l.iter().all(u8::is_ascii_whitespace));
+                let last = last.unwrap_or_default();
                 let pattern = br#""kind":"job_finished""#;
                 if !last.windows(pattern.len()).any(|w| w == pattern) {
                     continue;
